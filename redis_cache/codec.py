@@ -1,0 +1,691 @@
+"""The value envelope: how a result becomes the bytes a storage layer keeps, and back.
+
+Storage layers hold a :class:`Codec` and never look at value types. Every entry
+is one self-describing envelope::
+
+    offset 0   magic b"RC"                                  (2 bytes)
+    offset 2   format version, 1                            (1 byte)
+    offset 3   codec id: 0 raw bytes, 1 msgpack, 2 pickle   (1 byte)
+    offset 4   flags: bit0 zlib, bit1 zstd, bit2 signed     (1 byte)
+    offset 5   raw length: payload length before compression (8 bytes, big-endian)
+    offset 13  tag: signed 32-byte HMAC-SHA256, unsigned 4-byte CRC-32 (big-endian)
+    then       payload (compressed if flagged)
+
+The tag covers ``key_id + header[0:13] + stored payload``: binding the entry's key
+into it means an entry copied under another key fails its check, as does any
+change to the header (a flipped "signed" or codec bit included).
+
+Why these rules:
+
+* ``bytes`` results (the common case: object files, archives) are stored raw,
+  with no serializer copy; everything else is msgpack, extended so that every
+  type a key can hold comes back with its exact type (tuple, set, frozenset,
+  ints beyond 64 bits, lone surrogates in str).
+* msgpack cannot run code when read; pickle can. So a pickle is written only
+  when a secret is set, always signed, and is never unpickled unless its HMAC
+  verifies with our secret. Without a secret, a value msgpack cannot hold exactly
+  is refused at write time (:class:`UnsupportedValueError`).
+* With a secret, every entry is signed and unsigned ones are refused, so nobody
+  without the secret can plant a result. Entries this process cannot verify
+  (signed with another secret, signed while we have none, unsigned while we
+  have one, or zstd-compressed without ``zstandard`` installed) raise
+  :class:`UnverifiedEntryError`: another fleet may read them, so callers treat
+  them as misses and never delete them. A tag mismatch on a *signed* entry is
+  also :class:`UnverifiedEntryError`, since a different secret and tampering
+  look the same. Everything else that is wrong is :class:`CorruptEntryError`.
+* Decompression is bounded by the declared raw length (at most 1 GiB), so a
+  small entry can never make a reader allocate more than it declared.
+"""
+
+from __future__ import annotations
+
+import hmac
+import itertools
+import pickle
+import struct
+import threading
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Generic, Literal, TypeVar
+
+import msgpack
+
+from . import exceptions
+
+try:  # optional: only needed to write or read zstd-compressed entries
+    import zstandard as _zstd
+except ImportError:  # pragma: no cover - depends on the environment
+    _zstd = None
+
+__all__ = [
+    "CODEC_MSGPACK",
+    "CODEC_PICKLE",
+    "CODEC_RAW",
+    "FLAG_SIGNED",
+    "FLAG_ZLIB",
+    "FLAG_ZSTD",
+    "FORMAT_VERSION",
+    "HEADER_SIZE",
+    "MAGIC",
+    "MAX_RAW_LENGTH",
+    "Codec",
+    "Compression",
+    "Header",
+    "read_header",
+]
+
+Compression = Literal["auto", "zlib", "zstd", "off"]
+Buffer = bytes | bytearray | memoryview
+T = TypeVar("T")
+
+# --- Envelope layout (part of the stored format: never change, bump FORMAT_VERSION) ---
+MAGIC: Final = b"RC"
+FORMAT_VERSION: Final = 1
+HEADER_SIZE: Final = 13  # magic, version, codec, flags, raw length
+CODEC_RAW: Final = 0
+CODEC_MSGPACK: Final = 1
+CODEC_PICKLE: Final = 2
+FLAG_ZLIB: Final = 0x01
+FLAG_ZSTD: Final = 0x02
+FLAG_SIGNED: Final = 0x04
+HMAC_TAG_SIZE: Final = 32
+CRC_TAG_SIZE: Final = 4
+MAX_RAW_LENGTH: Final = 1 << 30  # 1 GiB: bounds what any reader will allocate
+
+# msgpack extension type codes (also part of the format). 1-3 are empty markers
+# heading an array: [ext1, a, b] is the tuple (a, b); ext 2 a set, ext 3 a frozenset.
+EXT_TUPLE: Final = 1
+EXT_SET: Final = 2
+EXT_FROZENSET: Final = 3
+EXT_BIGINT: Final = 4  # int outside [-2**63, 2**64): signed big-endian bytes
+
+_CODECS: Final = {CODEC_RAW: "raw", CODEC_MSGPACK: "msgpack", CODEC_PICKLE: "pickle"}
+_KNOWN_FLAGS: Final = FLAG_ZLIB | FLAG_ZSTD | FLAG_SIGNED
+_HEADER = struct.Struct(">2sBBBQ")
+_CRC = struct.Struct(">I")
+
+# --- Compression policy ---
+AUTO_MIN_SIZE: Final = 4096  # "auto" leaves smaller payloads alone
+AUTO_SAMPLE_SIZE: Final = 64 * 1024  # "auto" test-compresses this much first...
+AUTO_SAMPLE_CHUNKS: Final = 4  # ...taken as this many slices spread over the payload
+AUTO_MAX_RATIO: Final = 0.8  # ...and compresses only if the sample shrank below this
+ZLIB_MIN_SIZE: Final = 512  # "zlib"/"zstd" leave smaller payloads alone
+ZLIB_LEVEL: Final = 1  # fast: the network, not the ratio, is what we save on
+ZSTD_LEVEL: Final = 3
+
+# Above this size checksums run partly on a second thread (zlib and OpenSSL release
+# the GIL), overlapping with the copy or the other half instead of adding to it.
+_PARALLEL_MIN: Final = 4 * 1024 * 1024
+
+_PICKLE_PROTOCOL: Final = 5
+
+
+@dataclass(frozen=True)
+class Header:
+    """A parsed envelope header (for stats, the CLI and :meth:`Codec.decode`)."""
+
+    version: int
+    codec: int
+    flags: int
+    raw_length: int
+
+    @property
+    def signed(self) -> bool:
+        return bool(self.flags & FLAG_SIGNED)
+
+    @property
+    def compressed(self) -> bool:
+        return bool(self.flags & (FLAG_ZLIB | FLAG_ZSTD))
+
+    @property
+    def compression(self) -> Literal["zlib", "zstd"] | None:
+        if self.flags & FLAG_ZLIB:
+            return "zlib"
+        if self.flags & FLAG_ZSTD:
+            return "zstd"
+        return None
+
+    @property
+    def codec_name(self) -> str:
+        return _CODECS.get(self.codec, f"unknown({self.codec})")
+
+    @property
+    def tag_length(self) -> int:
+        return HMAC_TAG_SIZE if self.signed else CRC_TAG_SIZE
+
+    @property
+    def payload_offset(self) -> int:
+        return HEADER_SIZE + self.tag_length
+
+
+def _corrupt(detail: str) -> exceptions.CorruptEntryError:
+    return exceptions.CorruptEntryError(f"corrupt cache entry: {detail}")
+
+
+def _unverified(detail: str) -> exceptions.UnverifiedEntryError:
+    return exceptions.UnverifiedEntryError(f"unverified cache entry: {detail}")
+
+
+def _view(blob: Buffer) -> memoryview:
+    """A flat byte view of ``blob`` without copying it."""
+    try:
+        view = memoryview(blob)
+        if view.ndim != 1 or view.format != "B":
+            view = view.cast("B")
+    except (TypeError, ValueError) as exc:
+        raise _corrupt(f"not a contiguous bytes-like object ({type(blob).__qualname__})") from exc
+    return view
+
+
+def _parse_header(view: memoryview) -> Header:
+    if len(view) < HEADER_SIZE:
+        raise _corrupt(f"truncated: {len(view)} bytes, shorter than the {HEADER_SIZE}-byte header")
+    magic, version, codec, flags, raw_length = _HEADER.unpack_from(view)
+    if magic != MAGIC:
+        raise _corrupt("not a redis_cache entry (bad magic)")
+    if version != FORMAT_VERSION:
+        raise _corrupt(f"unknown format version {version}")
+    if codec not in _CODECS:
+        raise _corrupt(f"unknown codec id {codec}")
+    if flags & ~_KNOWN_FLAGS:
+        raise _corrupt(f"unknown flag bits 0x{flags & ~_KNOWN_FLAGS:02x}")
+    if flags & FLAG_ZLIB and flags & FLAG_ZSTD:
+        raise _corrupt("flagged both zlib and zstd")
+    if raw_length > MAX_RAW_LENGTH:
+        raise _corrupt(f"declared raw length {raw_length} exceeds {MAX_RAW_LENGTH}")
+    header = Header(version, codec, flags, raw_length)
+    if len(view) < header.payload_offset:
+        raise _corrupt(f"truncated: {len(view)} bytes, shorter than header and tag")
+    return header
+
+
+def read_header(blob: Buffer) -> Header:
+    """Parse and sanity-check the header of ``blob``; raises :class:`CorruptEntryError`.
+
+    Only the header is checked: the tag and payload are verified by :meth:`Codec.decode`.
+    """
+    return _parse_header(_view(blob))
+
+
+# --- Checksums -----------------------------------------------------------------
+
+
+class _Worker(threading.Thread, Generic[T]):
+    """Runs ``fn`` on another thread: zlib's crc32 and OpenSSL's HMAC release the GIL
+    on large buffers, so the work overlaps with what the calling thread does."""
+
+    def __init__(self, fn: Callable[[], T]) -> None:
+        super().__init__(name="redis_cache-codec", daemon=True)
+        self.fn = fn
+        self.result: T | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn()
+        except BaseException as exc:  # handed to the caller's thread
+            self.error = exc
+
+    def outcome(self) -> T:
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.result  # type: ignore[return-value]
+
+
+def _run_while_copying(
+    fn: Callable[[], T], payload: memoryview, overlap: bool
+) -> tuple[T, bytes | None]:
+    """``(fn(), bytes(payload) if overlap else None)``, the two overlapped on two threads."""
+    if not overlap:
+        return fn(), None
+    worker = _Worker(fn)
+    worker.start()
+    copy = bytes(payload)
+    return worker.outcome(), copy
+
+
+# crc32_combine (zlib 1.2.12's x2nmodp form): the CRC of A+B from crc(A), crc(B), len(B).
+_CRC_POLY: Final = 0xEDB88320
+
+
+def _multmodp(a: int, b: int) -> int:
+    m = 1 << 31
+    p = 0
+    while True:
+        if a & m:
+            p ^= b
+            if a & (m - 1) == 0:
+                return p
+        m >>= 1
+        b = (b >> 1) ^ _CRC_POLY if b & 1 else b >> 1
+
+
+def _x2n_table() -> tuple[int, ...]:
+    p = 1 << 30  # x^1
+    table = [p]
+    for _ in range(31):
+        p = _multmodp(p, p)
+        table.append(p)
+    return tuple(table)
+
+
+_X2N: Final = _x2n_table()
+
+
+def _crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    p = 1 << 31  # x^0
+    k = 3  # bytes to bits
+    while len2:
+        if len2 & 1:
+            p = _multmodp(_X2N[k & 31], p)
+        len2 >>= 1
+        k += 1
+    return _multmodp(p, crc1) ^ crc2
+
+
+def _crc32_parallel(data: Buffer, start: int) -> int:
+    """zlib.crc32(data, start), split over two threads for large buffers."""
+    view = memoryview(data)
+    half = len(view) // 2
+    worker = _Worker(lambda: zlib.crc32(view[half:]))
+    worker.start()
+    first = zlib.crc32(view[:half], start)
+    return _crc32_combine(first, worker.outcome(), len(view) - half)
+
+
+# --- msgpack with exact types --------------------------------------------------
+
+
+class _Inexact(Exception):
+    """Internal: msgpack cannot hold this value with its exact type."""
+
+
+_LEAVES: Final = frozenset({type(None), bool, int, float, str, bytes})
+_BRANCHES: Final = frozenset({list, tuple, set, frozenset, dict})
+_EXACT: Final = _LEAVES | _BRANCHES
+
+
+def _children(node: Any) -> Any:
+    return itertools.chain(node, node.values()) if type(node) is dict else node
+
+
+def _first_inexact(value: object) -> type | None:
+    """The first type in ``value`` msgpack would not give back exactly, or None.
+
+    msgpack with ``strict_types`` still packs bytearray, memoryview and ExtType
+    as if they were bytes or our own extensions, without calling ``default``;
+    this walk catches those (and subclasses) before packing. It goes one nesting
+    level at a time with C-level iteration (types checked in bulk), and looks at
+    each container once, so shared and cyclic parts end the walk.
+    """
+    kind = type(value)
+    if kind in _LEAVES:
+        return None
+    if kind not in _BRANCHES:
+        return kind
+    seen = {id(value)}
+    level: list[Any] = [value]
+    has_dicts = kind is dict
+    while level:
+        if has_dicts:
+            items: Any = list(itertools.chain.from_iterable(map(_children, level)))
+        elif len(level) == 1:
+            items = level[0]
+        else:
+            items = list(itertools.chain.from_iterable(level))
+        kinds = set(map(type, items))
+        if kinds <= _LEAVES:
+            return None
+        if not kinds <= _EXACT:
+            return next(iter(kinds - _EXACT))
+        has_dicts = dict in kinds
+        level = list(itertools.compress(items, map(_BRANCHES.__contains__, map(type, items))))
+        ids = set(map(id, level))
+        if len(ids) != len(level) or not seen.isdisjoint(ids):
+            unique = {id(node): node for node in level if id(node) not in seen}
+            level = list(unique.values())
+        seen |= ids
+    return None
+
+
+class _Mark:
+    """Decoded form of an array's leading marker: says what the array really is."""
+
+    __slots__ = ("build",)
+
+    def __init__(self, build: Callable[[Any], Any]) -> None:
+        self.build = build
+
+
+# The packed markers (ExtType is a tuple: one constant object each suffices).
+_TUPLE_MARK = msgpack.ExtType(EXT_TUPLE, b"")
+_SET_MARK = msgpack.ExtType(EXT_SET, b"")
+_FROZENSET_MARK = msgpack.ExtType(EXT_FROZENSET, b"")
+_MARKS: Final = {EXT_TUPLE: _Mark(tuple), EXT_SET: _Mark(set), EXT_FROZENSET: _Mark(frozenset)}
+
+
+def _default(obj: Any) -> Any:
+    """msgpack's hook for what it does not know: our extensions, or refusal.
+
+    A tuple, set or frozenset becomes an array whose first item is an empty ext
+    marker. Returning a list (not a nested msgpack document in an ext) keeps all
+    nesting inside msgpack's own bounded, non-recursive unpacker: nested
+    ``unpackb`` calls from an ext hook each take ~32 KiB of C stack and crash the
+    interpreter after about a hundred levels.
+    """
+    kind = type(obj)
+    if kind is tuple:
+        return [_TUPLE_MARK, *obj]
+    if kind is set:
+        return [_SET_MARK, *obj]
+    if kind is frozenset:
+        return [_FROZENSET_MARK, *obj]
+    if kind is int:  # msgpack calls default only for ints beyond 64 bits
+        size = (obj.bit_length() + 8) >> 3
+        return msgpack.ExtType(EXT_BIGINT, obj.to_bytes(size, "big", signed=True))
+    raise _Inexact(kind.__qualname__)
+
+
+def _pack_strict(value: object) -> bytes:
+    """The fast path; lone surrogates make it raise UnicodeEncodeError."""
+    data: bytes = msgpack.packb(value, use_bin_type=True, strict_types=True, default=_default)
+    return data
+
+
+def _pack_surrogates(value: object) -> bytes:
+    """For strs with lone surrogates (the unpacker always decodes with
+    surrogatepass, which changes nothing for valid UTF-8)."""
+    data: bytes = msgpack.packb(
+        value,
+        use_bin_type=True,
+        strict_types=True,
+        default=_default,
+        unicode_errors="surrogatepass",
+    )
+    return data
+
+
+def _unpack(data: Buffer) -> Any:
+    """msgpack to value, with our extensions; raises on anything malformed.
+
+    Every marker made must be consumed as the first item of an array: one
+    anywhere else (top level, map key or value, later in an array) is garbage,
+    found by counting rather than by scanning every item.
+    """
+    made = used = 0
+
+    def ext_hook(code: int, payload: bytes) -> object:
+        nonlocal made
+        mark = _MARKS.get(code)
+        if mark is not None:
+            if payload:
+                raise _corrupt(f"msgpack extension {code} has a payload")
+            made += 1
+            return mark
+        if code == EXT_BIGINT:
+            return int.from_bytes(payload, "big", signed=True)
+        raise _corrupt(f"unknown msgpack extension type {code}")
+
+    def list_hook(items: list[Any]) -> Any:
+        nonlocal used
+        if items and type(items[0]) is _Mark:
+            used += 1
+            return items[0].build(itertools.islice(items, 1, None))
+        return items
+
+    value = msgpack.unpackb(
+        data,
+        raw=False,
+        use_list=True,
+        strict_map_key=False,
+        unicode_errors="surrogatepass",
+        ext_hook=ext_hook,
+        list_hook=list_hook,
+    )
+    if made != used:
+        raise _corrupt("msgpack extension marker out of place")
+    return value
+
+
+# --- The codec -------------------------------------------------------------------
+
+
+class Codec:
+    """Turns results into envelopes and back; storage layers only move the bytes.
+
+    ``secret`` (``REDIS_CACHE_SECRET``) makes every written entry signed and
+    enables signed pickles; ``compression`` is ``REDIS_CACHE_COMPRESSION``.
+    Instances are immutable and safe to share between threads.
+    """
+
+    __slots__ = ("_compression", "_secret")
+
+    def __init__(self, secret: bytes | None = None, compression: Compression = "auto") -> None:
+        if secret is not None and (type(secret) is not bytes or not secret):
+            raise exceptions.InvalidSettingError(
+                "REDIS_CACHE_SECRET", "<redacted>", "a non-empty secret"
+            )
+        if compression not in ("auto", "zlib", "zstd", "off"):
+            raise exceptions.InvalidSettingError(
+                "REDIS_CACHE_COMPRESSION", str(compression), "auto, zlib, zstd, off"
+            )
+        self._secret = secret
+        self._compression = compression
+
+    def __repr__(self) -> str:  # never shows the secret
+        return f"Codec(signed={self.signed}, compression={self._compression!r})"
+
+    @property
+    def signed(self) -> bool:
+        """Whether this codec signs what it writes (a secret is set)."""
+        return self._secret is not None
+
+    @property
+    def compression(self) -> Compression:
+        return self._compression
+
+    # -- writing --
+
+    def encode(self, key_id: bytes, value: object) -> bytes:
+        """The envelope of ``value`` stored under the entry ``key_id``.
+
+        Raises :class:`UnsupportedValueError` (msgpack cannot hold it exactly and
+        there is no secret), :class:`ValuePicklingError` (pickle failed too) or
+        :class:`ValueTooLargeError` (payload over 1 GiB).
+        """
+        if type(value) is bytes:
+            codec, raw = CODEC_RAW, value
+        else:
+            codec, raw = self._serialize(value)
+        if len(raw) > MAX_RAW_LENGTH:
+            raise exceptions.ValueTooLargeError(
+                f"an encoded result of {len(raw)} bytes exceeds the envelope's "
+                f"limit of {MAX_RAW_LENGTH} bytes"
+            )
+        flags, stored = self._compress(raw)
+        if self._secret is not None:
+            flags |= FLAG_SIGNED
+        header = _HEADER.pack(MAGIC, FORMAT_VERSION, codec, flags, len(raw))
+        return b"".join((header, self._tag(key_id, header, stored), stored))
+
+    def _serialize(self, value: object) -> tuple[int, bytes]:
+        inexact = _first_inexact(value)
+        if inexact is None:
+            try:
+                try:
+                    return CODEC_MSGPACK, _pack_strict(value)
+                except UnicodeEncodeError:
+                    return CODEC_MSGPACK, _pack_surrogates(value)
+            except (_Inexact, ValueError, RecursionError):
+                # Cycles and very deep nesting hit msgpack's recursion limit
+                # (ValueError) or ours; pickle handles both.
+                pass
+        if self._secret is None:
+            what = type(value).__qualname__
+            if inexact is None:
+                why = "it is nested too deeply for msgpack or refers to itself"
+            else:
+                if inexact is not type(value):
+                    what += f" holding a {inexact.__qualname__}"
+                why = "msgpack cannot hold it with its exact type"
+            raise exceptions.UnsupportedValueError(
+                f"cannot store a result of type {what}: {why}, and unsigned pickles are "
+                "never written; set REDIS_CACHE_SECRET to store it as a signed pickle, "
+                "or pass a custom result encoder"
+            )
+        try:
+            return CODEC_PICKLE, pickle.dumps(value, protocol=_PICKLE_PROTOCOL)
+        except Exception as exc:  # __reduce__ may raise anything
+            raise exceptions.ValuePicklingError(value, f"{type(exc).__name__}: {exc}") from exc
+
+    def _compress(self, raw: bytes) -> tuple[int, bytes]:
+        size = len(raw)
+        mode = self._compression
+        if mode == "off":
+            return 0, raw
+        if mode == "auto":
+            if size < AUTO_MIN_SIZE:
+                return 0, raw
+            packed: bytes | None = _auto_zlib(raw)
+            flag = FLAG_ZLIB
+        elif size < ZLIB_MIN_SIZE:
+            return 0, raw
+        elif mode == "zstd" and _zstd is not None:
+            packed = _zstd.ZstdCompressor(level=ZSTD_LEVEL).compress(raw)
+            flag = FLAG_ZSTD
+        else:  # "zlib", or "zstd" without zstandard installed
+            packed = zlib.compress(raw, ZLIB_LEVEL)
+            flag = FLAG_ZLIB
+        if packed is not None and len(packed) < size:
+            return flag, packed
+        return 0, raw
+
+    def _tag(self, key_id: bytes, header: Buffer, payload: Buffer) -> bytes:
+        if self._secret is not None:
+            mac = hmac.new(self._secret, key_id, "sha256")
+            mac.update(header)
+            mac.update(payload)
+            return mac.digest()
+        crc = zlib.crc32(header, zlib.crc32(key_id))
+        if len(payload) >= _PARALLEL_MIN:
+            return _CRC.pack(_crc32_parallel(payload, crc))
+        return _CRC.pack(zlib.crc32(payload, crc))
+
+    # -- reading --
+
+    def decode(self, key_id: bytes, blob: Buffer) -> object:
+        """The value in envelope ``blob`` stored under ``key_id``.
+
+        Raises only :class:`ValueDecodingError` subclasses, whatever ``blob`` holds:
+        :class:`UnverifiedEntryError` (not ours to read: a miss, never delete),
+        :class:`CorruptEntryError` (broken, foreign or tampered),
+        :class:`ValueUnPicklingError` (a verified pickle that does not load here).
+        """
+        view = _view(blob)
+        header = _parse_header(view)
+        if header.codec == CODEC_PICKLE and not header.signed:
+            # No writer produces this: it can only be planted.
+            raise _corrupt("unsigned pickle entry (never unpickled)")
+        offset = header.payload_offset
+        payload = view[offset:]
+        tag = bytes(view[HEADER_SIZE:offset])
+        # A large raw entry we are going to accept is copied out anyway: copy it
+        # while another thread runs the check, and drop the copy if the check fails.
+        overlap = (
+            header.codec == CODEC_RAW
+            and not header.compressed
+            and len(payload) >= _PARALLEL_MIN
+            and header.signed == (self._secret is not None)
+        )
+        copy: bytes | None = None
+        if header.signed:
+            if self._secret is None:
+                raise _unverified("signed, and no secret is set")
+            mac = hmac.new(self._secret, key_id, "sha256")
+            mac.update(view[:HEADER_SIZE])
+
+            def digest() -> bytes:
+                mac.update(payload)
+                return mac.digest()
+
+            actual, copy = _run_while_copying(digest, payload, overlap)
+            if not hmac.compare_digest(actual, tag):
+                raise _unverified("signature does not verify (another secret, or tampered)")
+        else:
+            start = zlib.crc32(view[:HEADER_SIZE], zlib.crc32(key_id))
+            crc, copy = _run_while_copying(lambda: zlib.crc32(payload, start), payload, overlap)
+            if crc != _CRC.unpack(tag)[0]:
+                raise _corrupt("checksum mismatch (damaged, or stored under another key)")
+            if self._secret is not None:
+                raise _unverified("unsigned, and a secret is set")
+        if header.flags & FLAG_ZSTD and _zstd is None:
+            raise _unverified("zstd-compressed, and zstandard is not installed")
+        raw = _decompress(header, payload)
+        if len(raw) != header.raw_length:
+            raise _corrupt(f"payload is {len(raw)} bytes, header says {header.raw_length}")
+        if header.codec == CODEC_RAW:
+            if copy is not None:
+                return copy
+            return raw if type(raw) is bytes else bytes(raw)  # the one copy of the payload
+        if header.codec == CODEC_MSGPACK:
+            try:
+                return _unpack(raw)
+            except exceptions.ValueDecodingError:
+                raise
+            except Exception as exc:  # msgpack raises many types on garbage
+                raise _corrupt(f"bad msgpack payload ({type(exc).__name__}: {exc})") from exc
+        try:  # a verified pickle: we wrote it ourselves (or someone holding our secret did)
+            return pickle.loads(raw)
+        except Exception as exc:
+            raise exceptions.ValueUnPicklingError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _auto_zlib(raw: bytes) -> bytes | None:
+    """zlib of ``raw`` if a sample of it compresses well, else None."""
+    size = len(raw)
+    compressor = zlib.compressobj(ZLIB_LEVEL)
+    if size <= AUTO_SAMPLE_SIZE:
+        # The sample is the whole payload: keep its compression.
+        packed = compressor.compress(raw) + compressor.flush()
+        return packed if len(packed) < AUTO_MAX_RATIO * size else None
+    view = memoryview(raw)
+    chunk = AUTO_SAMPLE_SIZE // AUTO_SAMPLE_CHUNKS
+    step = (size - chunk) // (AUTO_SAMPLE_CHUNKS - 1)
+    sampled = sum(
+        len(compressor.compress(view[i * step : i * step + chunk]))
+        for i in range(AUTO_SAMPLE_CHUNKS)
+    )
+    sampled += len(compressor.flush())
+    if sampled >= AUTO_MAX_RATIO * AUTO_SAMPLE_SIZE:
+        return None
+    return zlib.compress(raw, ZLIB_LEVEL)
+
+
+def _decompress(header: Header, payload: memoryview) -> Buffer:
+    """The raw payload; never produces more than ``raw_length + 1`` bytes."""
+    limit = header.raw_length + 1
+    try:
+        if header.flags & FLAG_ZLIB:
+            inflater = zlib.decompressobj()
+            out = inflater.decompress(payload, limit)
+            if not inflater.eof or inflater.unused_data or inflater.unconsumed_tail:
+                raise _corrupt("zlib stream is truncated, too long, or has trailing data")
+            return out
+        if header.flags & FLAG_ZSTD:
+            reader = _zstd.ZstdDecompressor().stream_reader(payload, read_across_frames=False)
+            parts: list[bytes] = []
+            total = 0
+            while total < limit:
+                part = reader.read(limit - total)
+                if not part:
+                    break
+                parts.append(part)
+                total += len(part)
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+    except exceptions.CorruptEntryError:
+        raise
+    except Exception as exc:  # zlib.error, zstandard.ZstdError, MemoryError on garbage...
+        raise _corrupt(f"cannot decompress ({type(exc).__name__}: {exc})") from exc
+    return payload

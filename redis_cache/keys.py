@@ -1,0 +1,261 @@
+"""Canonical key encoding: the same parameters give the same bytes on every machine.
+
+Cache entries are shared across processes and machines of a compile farm, so the
+key of a call must not depend on anything local: not ``PYTHONHASHSEED`` (set and
+dict iteration order), not the pickle protocol, not ``repr``. :func:`encode`
+therefore writes its own tagged, length-prefixed binary form:
+
+* every value starts with a one-byte type tag and every variable-length part is
+  length-prefixed, so the encoding is prefix-free and hence injective: two
+  different structures can never produce the same bytes;
+* dicts and sets are written in the order of their *encoded* items, which makes
+  them independent of insertion and hash order;
+* floats are written as their IEEE-754 bits (``struct '>d'``) rather than their
+  value, so ``0.0`` and ``-0.0`` (equal, but giving different results in
+  ``math.copysign`` or ``1/x``) are different keys; every NaN is written as one
+  canonical bit pattern because NaN payloads are not reproducible across
+  platforms and operations;
+* only *exact* builtin types are accepted (``type(x) is int``, never
+  ``isinstance``): a subclass (``IntEnum``, ``OrderedDict``, a ``str``
+  subclass, ...) may carry state or behaviour the encoding would silently drop,
+  so two calls that differ would share one entry. Such parameters raise
+  :class:`~redis_cache.exceptions.KeyPicklingError`, and the caller can pass a
+  ``custom_params_encoder``.
+
+:func:`entry_digest` hashes the encoding of ``(callee, isolation_key, params)``
+into the hex digest that names a cache entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from . import exceptions
+
+__all__ = ["MAX_DEPTH", "encode", "entry_digest"]
+
+#: Containers nested deeper than this are refused (this also catches cycles).
+MAX_DEPTH = 200
+
+_DIGEST_PREFIX = b"redis_cache/key/v1\0"
+
+# One-byte type tags. Never change or reuse one: it would change every key.
+_NONE = b"N"
+_TRUE = b"T"
+_FALSE = b"F"
+_INT = b"i"  # fits in a signed 64-bit
+_BIGINT = b"I"  # does not
+_FLOAT = b"f"
+_STR = b"s"
+_BYTES = b"b"
+_TUPLE = b"t"
+_LIST = b"l"
+_DICT = b"d"
+_SET = b"e"
+_FROZENSET = b"z"
+
+_head = struct.Struct(">cQ").pack  # tag + 8-byte length or count
+_small_int = struct.Struct(">cq").pack  # tag + 8-byte two's complement
+_float = struct.Struct(">cd").pack  # tag + IEEE-754 bits
+_NAN = _FLOAT + b"\x7f\xf8\x00\x00\x00\x00\x00\x00"
+
+
+class _Refused(Exception):
+    """Internal: raised deep in the walk, turned into KeyPicklingError at the top."""
+
+    def __init__(self, obj: object, reason: str) -> None:
+        super().__init__(reason)
+        self.obj = obj
+        self.reason = reason
+
+
+_Encoder = Callable[[Any, int], bytes]
+
+
+def _enc_refuse(obj: object, depth: int) -> bytes:
+    raise _Refused(obj, "unsupported type")
+
+
+def _enc_none(obj: None, depth: int) -> bytes:
+    return _NONE
+
+
+def _enc_bool(obj: bool, depth: int) -> bytes:
+    return _TRUE if obj else _FALSE
+
+
+def _enc_int(obj: int, depth: int) -> bytes:
+    # Ints that fit 64 bits take the fixed form; only larger ones the long form,
+    # so every int still has exactly one encoding.
+    try:
+        return _small_int(_INT, obj)
+    except struct.error:
+        pass
+    data = obj.to_bytes((obj.bit_length() + 8) >> 3, "big", signed=True)
+    return _head(_BIGINT, len(data)) + data
+
+
+def _enc_float(obj: float, depth: int) -> bytes:
+    if math.isnan(obj):  # one canonical bit pattern whatever the payload or sign
+        return _NAN
+    return _float(_FLOAT, obj)
+
+
+def _enc_str(obj: str, depth: int) -> bytes:
+    # surrogatepass: lone surrogates are valid in a Python str and must not fail.
+    data = obj.encode("utf-8", "surrogatepass")
+    return _head(_STR, len(data)) + data
+
+
+def _enc_bytes(obj: bytes, depth: int) -> bytes:
+    return _head(_BYTES, len(obj)) + obj
+
+
+def _enter(obj: object, depth: int) -> int:
+    if depth >= MAX_DEPTH:
+        raise _Refused(obj, f"containers nested deeper than {MAX_DEPTH} levels, or a cycle")
+    return depth + 1
+
+
+def _enc_tuple(obj: tuple[Any, ...], depth: int) -> bytes:
+    depth = _enter(obj, depth)
+    get = _DISPATCH.get
+    return b"".join([_head(_TUPLE, len(obj)), *[get(type(x), _enc_refuse)(x, depth) for x in obj]])
+
+
+def _enc_list(obj: list[Any], depth: int) -> bytes:
+    depth = _enter(obj, depth)
+    get = _DISPATCH.get
+    return b"".join([_head(_LIST, len(obj)), *[get(type(x), _enc_refuse)(x, depth) for x in obj]])
+
+
+def _enc_dict(obj: dict[Any, Any], depth: int) -> bytes:
+    depth = _enter(obj, depth)
+    get = _DISPATCH.get
+    # Sorting whole (key, value) encodings orders by key first (encodings are
+    # prefix-free) and still gives one order if two keys encode alike (two NaNs).
+    items = sorted(
+        [
+            get(type(k), _enc_refuse)(k, depth) + get(type(v), _enc_refuse)(v, depth)
+            for k, v in obj.items()
+        ]
+    )
+    return b"".join([_head(_DICT, len(items)), *items])
+
+
+def _enc_set(obj: set[Any], depth: int) -> bytes:
+    depth = _enter(obj, depth)
+    get = _DISPATCH.get
+    items = sorted([get(type(x), _enc_refuse)(x, depth) for x in obj])
+    return b"".join([_head(_SET, len(items)), *items])
+
+
+def _enc_frozenset(obj: frozenset[Any], depth: int) -> bytes:
+    depth = _enter(obj, depth)
+    get = _DISPATCH.get
+    items = sorted([get(type(x), _enc_refuse)(x, depth) for x in obj])
+    return b"".join([_head(_FROZENSET, len(items)), *items])
+
+
+# Exact types only: a dict lookup on type() is both the fast path and the subclass refusal.
+_DISPATCH: dict[type, _Encoder] = {
+    type(None): _enc_none,
+    bool: _enc_bool,
+    int: _enc_int,
+    float: _enc_float,
+    str: _enc_str,
+    bytes: _enc_bytes,
+    tuple: _enc_tuple,
+    list: _enc_list,
+    dict: _enc_dict,
+    set: _enc_set,
+    frozenset: _enc_frozenset,
+}
+
+
+def _enc(obj: object, depth: int) -> bytes:
+    return _DISPATCH.get(type(obj), _enc_refuse)(obj, depth)
+
+
+_CONTAINERS = (tuple, list, dict, set, frozenset)
+
+
+def _safe_repr(obj: object) -> str:
+    try:
+        text = repr(obj)
+    except Exception:  # an arbitrary __repr__ may fail; this is only for a message
+        text = f"<{type(obj).__qualname__}>"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _find(root: object, target: object, limit: int = MAX_DEPTH + 1) -> list[str] | None:
+    """Path of subscripts from ``root`` to ``target`` (by identity); error path only."""
+    stack: list[tuple[Any, list[str]]] = [(root, [])]
+    while stack:
+        obj, path = stack.pop()
+        if obj is target:
+            return path
+        if len(path) >= limit or type(obj) not in _CONTAINERS:
+            continue
+        children: list[tuple[Any, list[str]]] = []
+        if type(obj) is dict:
+            for k, v in obj.items():
+                children.append((k, [*path, f"<key {_safe_repr(k)}>"]))
+                children.append((v, [*path, f"[{_safe_repr(k)}]"]))
+        elif type(obj) in (set, frozenset):
+            children = [(x, [*path, "<member>"]) for x in obj]
+        else:
+            children = [(x, [*path, f"[{i}]"]) for i, x in enumerate(obj)]
+        stack.extend(reversed(children))
+    return None
+
+
+def _render(path: list[str] | None, names: dict[tuple[str, ...], str]) -> str:
+    if path is None:
+        return ""
+    for prefix, name in names.items():
+        if tuple(path[: len(prefix)]) == prefix:
+            return " at " + name + "".join(path[len(prefix) :])
+    return " at " + ("value" + "".join(path))
+
+
+def _encode(obj: object, names: dict[tuple[str, ...], str]) -> bytes:
+    try:
+        return _enc(obj, 0)
+    except _Refused as refused:
+        where = _render(_find(obj, refused.obj), names)
+        raise exceptions.KeyPicklingError(refused.obj, refused.reason + where) from None
+    except RecursionError:
+        # Only reachable when the caller's own stack is already nearly full.
+        raise exceptions.KeyPicklingError(obj, "structure too deep to encode") from None
+
+
+def encode(obj: object) -> bytes:
+    """Canonical bytes of ``obj``; raises :class:`KeyPicklingError` for anything not encodable.
+
+    Supported (exact types only): None, bool, int, float, str, bytes, and tuple,
+    list, dict, set, frozenset of supported values, nested up to ``MAX_DEPTH``.
+    """
+    return _encode(obj, {})
+
+
+def entry_digest(callee: str, isolation_key: str, params: object) -> str:
+    """Hex SHA-256 naming the entry of ``callee(*params)`` under ``isolation_key``.
+
+    ``params`` is usually ``(args_tuple, kwargs_dict)``; kwargs order does not matter.
+    """
+    names: dict[tuple[str, ...], str] = {}
+    if (
+        type(params) is tuple
+        and len(params) == 2
+        and type(params[0]) is tuple
+        and type(params[1]) is dict
+    ):
+        names = {("[2]", "[0]"): "args", ("[2]", "[1]"): "kwargs"}
+    names.update({("[0]",): "callee", ("[1]",): "isolation_key", ("[2]",): "params"})
+    data = _encode((callee, isolation_key, params), names)
+    return hashlib.sha256(_DIGEST_PREFIX + data).hexdigest()
