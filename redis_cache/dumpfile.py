@@ -1,0 +1,113 @@
+"""Dump files: a namespace's entries as a stream, for ``REDIS_CACHE_PREPOPULATE`` and ``load``.
+
+Layout: a magic line, then msgpack records ``[callee, digest, envelope]``, then a
+trailer ``[None, count, crc32]`` over every record. Entries stay in their codec
+envelopes, so a dump carries each entry's integrity tag or signature with it.
+A reader refuses a file whose magic, trailer, count or checksum is wrong before
+the caller writes anything: a truncated dump never half-loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import msgpack
+
+from . import exceptions
+
+MAGIC = b"REDIS_CACHE_DUMP v1\n"
+
+
+class InvalidDumpFileError(exceptions.UserError):
+    """A dump file is foreign, truncated or corrupt; nothing was loaded from it."""
+
+
+@dataclass(frozen=True, slots=True)
+class DumpRecord:
+    callee: str
+    digest: str
+    blob: bytes
+
+
+def write(path: Path, records: Iterable[DumpRecord]) -> int:
+    """Write ``records`` atomically (temp file, then rename); return how many."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    count, crc = 0, 0
+    packer = msgpack.Packer(use_bin_type=True)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(MAGIC)
+            for record in records:
+                chunk = packer.pack([record.callee, record.digest, record.blob])
+                crc = zlib.crc32(chunk, crc)
+                f.write(chunk)
+                count += 1
+            f.write(packer.pack([None, count, crc]))
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return count
+
+
+def _records(f: BinaryIO, name: str) -> Iterator[DumpRecord]:
+    """Records in file order, checked against the trailer once the stream ends."""
+    if f.read(len(MAGIC)) != MAGIC:
+        raise InvalidDumpFileError(f"{name} is not a redis_cache dump (bad magic line)")
+    unpacker = msgpack.Unpacker(f, raw=False, max_buffer_size=1 << 31)
+    packer = msgpack.Packer(use_bin_type=True)
+    count, crc, trailer = 0, 0, None
+    try:
+        for item in unpacker:
+            if trailer is not None or not isinstance(item, list) or len(item) != 3:
+                raise InvalidDumpFileError(f"{name} holds a malformed record")
+            first, second, third = item
+            if first is None and isinstance(second, int) and isinstance(third, int):
+                trailer = (second, third)
+                continue
+            if not (
+                isinstance(first, str) and isinstance(second, str) and isinstance(third, bytes)
+            ):
+                raise InvalidDumpFileError(f"{name} holds a malformed record")
+            crc = zlib.crc32(packer.pack(item), crc)
+            count += 1
+            yield DumpRecord(first, second, third)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise InvalidDumpFileError(f"{name} is corrupt: {exc}") from exc
+    if trailer is None:
+        raise InvalidDumpFileError(f"{name} is truncated (no trailer)")
+    if trailer != (count, crc):
+        raise InvalidDumpFileError(f"{name} failed its checksum: corrupt or edited")
+
+
+def iterate(path: Path) -> Iterator[DumpRecord]:
+    """Stream records; the last step raises if the file was truncated or corrupt.
+
+    Callers that must not act on a bad file call :func:`verify` first.
+    """
+    name = str(path)
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise InvalidDumpFileError(f"cannot open dump {name}: {exc.strerror}") from exc
+    with f:
+        yield from _records(f, name)
+
+
+def verify(path: Path) -> int:
+    """Check a whole dump without keeping it in memory; return its record count."""
+    return sum(1 for _ in iterate(path))
+
+
+def read(path: Path) -> list[DumpRecord]:
+    """Every record of a verified dump, or :class:`InvalidDumpFileError` and nothing."""
+    return list(iterate(path))

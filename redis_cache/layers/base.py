@@ -1,0 +1,42 @@
+"""The contract every storage layer keeps: first writer wins, nothing is overwritten."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class EntryKey:
+    """One entry's identity: the callee for operators, the digest for storage."""
+
+    callee: str
+    digest: str
+
+    @property
+    def key_id(self) -> bytes:
+        """What the codec binds an entry's integrity tag to."""
+        return self.digest.encode()
+
+
+class Layer(ABC, Generic[T]):
+    """A key → stored item map with first-writer-wins insert.
+
+    ``get`` returns ``None`` for a miss (stored items are never ``None``).
+    ``discard`` removes an entry only if it still holds ``expected``: it repairs a
+    corrupt entry without destroying a good one a racing writer just put there.
+    """
+
+    name: str
+
+    @abstractmethod
+    def get(self, key: EntryKey) -> T | None: ...
+
+    @abstractmethod
+    def insert(self, key: EntryKey, item: T) -> bool: ...
+
+    @abstractmethod
+    def discard(self, key: EntryKey, expected: T) -> bool: ...
