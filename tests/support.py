@@ -1,0 +1,107 @@
+"""Helpers shared by tests: settings factories and worker functions for real processes.
+
+Worker functions live at module level so spawned processes can import them. Each
+computation appends a line to ``$REDIS_CACHE_TEST_LEDGER`` (O_APPEND writes are
+atomic for short lines), so tests count computations across processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from redis_cache.config import Settings
+
+LEDGER_ENV = "REDIS_CACHE_TEST_LEDGER"
+DELAY_ENV = "REDIS_CACHE_TEST_DELAY"
+
+
+def make_settings(tmp: Path, **overrides: Any) -> Settings:
+    return dataclasses.replace(Settings(dir=Path(tmp)), **overrides)
+
+
+def note_computation(label: str) -> None:
+    ledger = os.environ.get(LEDGER_ENV)
+    if ledger:
+        fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{os.getpid()} {label}\n".encode())
+        finally:
+            os.close(fd)
+
+
+def computations(ledger: Path) -> list[str]:
+    return ledger.read_text().splitlines() if ledger.exists() else []
+
+
+def rich_value(x: int) -> dict[str, Any]:
+    """A result using every type the codec must keep exact."""
+    return {
+        "tuple": (x, "a", (1.5, None)),
+        "list": [x, [True, False]],
+        "set": {x, x + 1},
+        "frozenset": frozenset({"k", x}),
+        "bytes": bytes([x % 256]) * 3,
+        "big": 2**200 + x,
+        "neg_big": -(2**90) - x,
+        (x, "tuple-key"): -0.0,
+    }
+
+
+def compile_rich(x: int) -> dict[str, Any]:
+    note_computation(f"compile_rich {x}")
+    time.sleep(float(os.environ.get(DELAY_ENV, "0")))
+    return rich_value(x)
+
+
+def compile_tagged(x: int) -> str:
+    """Returns a per-process value: determinism shows as every caller seeing one pid."""
+    note_computation(f"compile_tagged {x}")
+    time.sleep(float(os.environ.get(DELAY_ENV, "0")))
+    return f"{x}@{os.getpid()}@{time.time_ns()}"
+
+
+def describe(value: Any) -> Any:
+    """A JSON-able, type-revealing description of a value (for comparing across processes)."""
+    if isinstance(value, dict):
+        return ["dict", sorted((json.dumps(describe(k)), describe(v)) for k, v in value.items())]
+    if isinstance(value, (list, tuple)):
+        return [type(value).__name__, [describe(v) for v in value]]
+    if isinstance(value, (set, frozenset)):
+        return [type(value).__name__, sorted(json.dumps(describe(v)) for v in value)]
+    if isinstance(value, bytes):
+        return ["bytes", value.hex()]
+    if isinstance(value, float):
+        return ["float", value.hex()]
+    return [type(value).__name__, repr(value)]
+
+
+def record_and_describe(kind: str, fn_name: str, arg: Any) -> tuple[Any, dict[str, float]]:
+    """Run in a fresh process: call ``support.<fn_name>(arg)`` through ``redis_cache.<kind>``."""
+    import support  # noqa: PLC0415
+
+    import redis_cache  # noqa: PLC0415 - imported in the child with its own environment
+
+    cache = getattr(redis_cache, kind)
+    wrapped = cache.record()(getattr(support, fn_name))
+    value = wrapped(arg)
+    stats = cache.stats().as_dict()
+    cache.close()
+    return describe(value), stats
+
+
+def call_many(kind: str, fn_name: str, args: list[Any]) -> list[Any]:
+    """Run in a fresh process: call the recorded function on each argument, return the values."""
+    import support  # noqa: PLC0415
+
+    import redis_cache  # noqa: PLC0415
+
+    cache = getattr(redis_cache, kind)
+    wrapped = cache.record()(getattr(support, fn_name))
+    values = [wrapped(a) for a in args]
+    cache.close()
+    return values
