@@ -285,6 +285,14 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
 
 
 def _check_combinations(s: Settings) -> None:
+    if s.url and not s.sentinels and s.url.split("://", 1)[0] in ("redis", "rediss"):
+        location = s.url.split("://", 1)[1].rsplit("@", 1)[-1]
+        if not location or location.startswith(("/", "?", ":")):
+            raise exceptions.InvalidSettingError(
+                "REDIS_CACHE_URL",
+                redact_url(s.url),
+                "a URL naming a host (only with REDIS_CACHE_SENTINELS may it omit one)",
+            )
     if s.cluster and s.sentinels:
         raise exceptions.InvalidSettingError(
             "REDIS_CACHE_CLUSTER", "1", "0 when REDIS_CACHE_SENTINELS is set (pick one topology)"

@@ -47,7 +47,9 @@ class Hit:
 
 def callee_name(fn: Fn) -> str:
     """Module-qualified name: the bare ``__name__`` collides across modules."""
-    return f"{fn.__module__}.{fn.__qualname__}"
+    module = getattr(fn, "__module__", None) or getattr(type(fn), "__module__", "builtins")
+    qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{module}.{qualname}"
 
 
 def _fast_key(args: tuple[Any, ...]) -> tuple[Any, ...] | None:

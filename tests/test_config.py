@@ -134,3 +134,13 @@ def test_icache_choice_at_import_is_lenient() -> None:
     assert config.deterministic_at_import({"REDIS_CACHE_DETERMINISTIC": "1"}) is True
     assert config.deterministic_at_import({"REDIS_CACHE_DETERMINISTIC": "maybe"}) is False
     assert config.deterministic_at_import({}) is False
+
+
+def test_a_url_without_a_host_needs_sentinels() -> None:
+    with pytest.raises(exceptions.InvalidSettingError) as info:
+        config.load({"REDIS_CACHE_URL": "redis://user:pw-123@/0"})
+    assert "REDIS_CACHE_SENTINELS" in str(info.value) and "pw-123" not in str(info.value)
+    sentinel = config.load(
+        {"REDIS_CACHE_URL": "redis://user:pw@/0", "REDIS_CACHE_SENTINELS": "127.0.0.1:26379"}
+    )
+    assert sentinel.has_remote

@@ -310,3 +310,10 @@ def test_disk_writes_leave_no_temporaries(cache: FastCache) -> None:
     leftovers = [p for p in Path(cache._backend().disk.root).rglob(".tmp-*")]
     assert leftovers == []
     assert os.listdir(cache._backend().disk.root)
+
+
+def test_callables_without_a_module_are_recorded(cache: FastCache) -> None:
+    upper = cache.record()(str.upper)
+    assert upper("abc") == "ABC"
+    assert upper("abc") == "ABC"
+    assert cache.stats().computations == 1
