@@ -105,3 +105,68 @@ def call_many(kind: str, fn_name: str, args: list[Any]) -> list[Any]:
     values = [wrapped(a) for a in args]
     cache.close()
     return values
+
+
+def compile_slow_first(x: int) -> str:
+    """Sleeps ``$REDIS_CACHE_TEST_DELAY`` only for the fleet's first attempt (per ledger)."""
+    ledger = os.environ.get(LEDGER_ENV)
+    first = not (ledger and Path(ledger).exists() and Path(ledger).read_text().strip())
+    note_computation(f"compile_slow_first {x}")
+    if first:
+        time.sleep(float(os.environ.get(DELAY_ENV, "0")))
+    return f"{x}@{os.getpid()}"
+
+
+def compile_failing_first(x: int) -> str:
+    """The fleet's first attempt raises (a crashing compiler); later ones succeed."""
+    ledger = os.environ.get(LEDGER_ENV)
+    first = not (ledger and Path(ledger).exists() and Path(ledger).read_text().strip())
+    note_computation(f"compile_failing_first {x}")
+    time.sleep(float(os.environ.get(DELAY_ENV, "0")))
+    if first:
+        raise RuntimeError("compiler crashed")
+    return f"{x}@{os.getpid()}"
+
+
+def dcache_worker(fn_name: str, arg: Any, barrier: Any, out: Any, role: str = "") -> None:
+    """Process body: wait at ``barrier`` (if any), call through dcache, report to ``out``."""
+    import redis_cache  # noqa: PLC0415
+
+    import support  # noqa: PLC0415
+
+    wrapped = redis_cache.dcache.record()(getattr(support, fn_name))
+    if barrier is not None:
+        barrier.wait()
+    try:
+        value: Any = wrapped(arg)
+        error = None
+    except Exception as exc:  # reported to the test, which decides
+        value, error = None, f"{type(exc).__name__}: {exc}"
+    returned_at = time.time()
+    out.put(
+        {
+            "role": role,
+            "pid": os.getpid(),
+            "value": value,
+            "error": error,
+            "returned_at": returned_at,
+            "stats": redis_cache.dcache.stats().as_dict(),
+        }
+    )
+    redis_cache.dcache.close()
+
+
+def dcache_many_worker(fn_name: str, args: list[Any], out: Any) -> None:
+    """Process body: record every argument in the given order, report the values."""
+    import redis_cache  # noqa: PLC0415
+
+    import support  # noqa: PLC0415
+
+    wrapped = redis_cache.dcache.record()(getattr(support, fn_name))
+    out.put({arg: wrapped(arg) for arg in args})
+    redis_cache.dcache.close()
+
+
+def compile_quick(x: int) -> str:
+    note_computation(f"compile_quick {x}")
+    return f"{x}@{os.getpid()}"

@@ -1,0 +1,159 @@
+"""Workers' counters summed fleet-wide, for ``redis-cache stats``.
+
+Each :class:`~redis_cache.backend.Backend` with a writable remote layer owns a
+:class:`StatsPublisher`. It never runs on the caller's path: a daemon thread wakes
+every ``REDIS_CACHE_STATS_INTERVAL`` seconds, computes what the process's
+:class:`~redis_cache.stats.CacheStats` gained since the last publication, and sends
+it as one pipelined ``HINCRBY``/``HINCRBYFLOAT`` batch into the namespace's
+``!stats`` hash (fields ``<owner>.<counter>``, e.g. ``fcache.misses``). ``close()``
+and process exit publish once more. A failure is logged at DEBUG and retried with
+the next batch (the deltas are kept); nothing ever raises into a worker.
+
+Fork: a child inherits the parent's counters and publisher, but not its thread.
+``after_fork_in_child`` starts afresh with the inherited counts as the baseline,
+so the parent's counts are published by the parent only; a pid check makes an
+un-reset inherited publisher (a fork that bypassed the at-fork hooks) inert.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import weakref
+from typing import TYPE_CHECKING
+
+from .stats import CacheStats
+
+if TYPE_CHECKING:
+    from .layers.redis import RedisLayer
+
+logger = logging.getLogger("redis_cache.publisher")
+
+STATS_KEY_NAME = "!stats"
+# How long a close (and process exit) waits for the thread and for the flush lock.
+CLOSE_TIMEOUT = 2.0
+
+
+def stats_key(prefix: str) -> str:
+    """The hash of published counters; ``prefix`` is ``namespace_prefix(namespace)``."""
+    return prefix + STATS_KEY_NAME
+
+
+def deltas(published: dict[str, float], current: dict[str, float]) -> dict[str, float]:
+    """What ``current`` gained since ``published``; a counter that went down was reset."""
+    gained: dict[str, float] = {}
+    for name, value in current.items():
+        delta = value - published.get(name, 0)
+        if delta < 0:  # CacheStats.reset(): everything since then is new
+            delta = value
+        if delta:
+            gained[name] = delta
+    return gained
+
+
+class StatsPublisher:
+    """Publishes one interface's counter deltas from a daemon thread; never raises."""
+
+    def __init__(
+        self, layer: RedisLayer, stats: CacheStats, owner: str, interval: float
+    ) -> None:
+        self._layer = layer
+        self._stats = stats
+        self._owner = owner
+        self._interval = interval
+        self._key = stats_key(layer.prefix)
+        self._reset()
+        _LIVE.add(self)
+        self._start()
+
+    def _reset(self) -> None:
+        # Counts present before this publisher existed were published by someone else
+        # (a previous backend of the same interface, or the parent before a fork).
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._published = self._stats.as_dict()
+
+    def _start(self) -> None:
+        if self._interval <= 0:
+            return
+        self._thread = threading.Thread(
+            target=_run,
+            args=(weakref.ref(self), self._stop, self._interval),
+            name="redis_cache-stats",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def flush(self, lock_timeout: float = -1) -> bool:
+        """Publish what the counters gained since the last success; False if it failed."""
+        if os.getpid() != self._pid:
+            return False
+        if not self._lock.acquire(timeout=lock_timeout):
+            return False
+        try:
+            current = self._stats.as_dict()
+            gained = deltas(self._published, current)
+            if gained:
+                self._send(gained)
+            self._published = current
+            return True
+        except Exception as exc:  # publishing must never hurt a worker
+            logger.debug("publishing %s counters failed: %s", self._owner, exc)
+            return False
+        finally:
+            self._lock.release()
+
+    def _send(self, gained: dict[str, float]) -> None:
+        client = self._layer.client()
+        with self._layer.translated("publish counters"):
+            pipe = client.pipeline(transaction=False)
+            for name, delta in gained.items():
+                field = f"{self._owner}.{name}"
+                if isinstance(delta, int):
+                    pipe.hincrby(self._key, field, delta)
+                else:
+                    pipe.hincrbyfloat(self._key, field, delta)
+            pipe.execute()
+
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Stop the thread and publish the rest (bounded); a no-op in a forked child."""
+        if os.getpid() != self._pid or self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        if self._interval > 0:
+            self.flush(lock_timeout=timeout)
+
+    def after_fork_in_child(self) -> None:
+        """Start afresh in a forked child: own lock, own thread, inherited counts as baseline."""
+        self._reset()
+        self._start()
+
+
+def _run(ref: weakref.ref[StatsPublisher], stop: threading.Event, interval: float) -> None:
+    """The publisher thread; holds only a weak reference, so a dropped backend ends it."""
+    while not stop.wait(interval):
+        publisher = ref()
+        if publisher is None:
+            return
+        publisher.flush()
+        del publisher
+
+
+_LIVE: weakref.WeakSet[StatsPublisher] = weakref.WeakSet()
+
+
+def _close_all_at_exit() -> None:
+    for publisher in list(_LIVE):
+        publisher.close()
+
+
+atexit.register(_close_all_at_exit)

@@ -1,0 +1,209 @@
+"""Distributed single flight with real processes against real servers.
+
+Assertions are about counts and equality; times are measured and printed (run
+with ``-s`` to see them), never asserted.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from servers import RedisClusterHandle, RedisServer
+from support import DELAY_ENV, LEDGER_ENV, computations
+
+pytestmark = [pytest.mark.real_redis, pytest.mark.slow]
+
+SPAWN = multiprocessing.get_context("spawn")
+
+
+@pytest.fixture
+def fleet_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_server: RedisServer, namespace: str
+) -> Iterator[Path]:
+    """Environment every spawned worker inherits: global determinism on the shared server."""
+    for name in list(os.environ):
+        if name.startswith("REDIS_CACHE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("REDIS_CACHE_URL", redis_server.url)
+    monkeypatch.setenv("REDIS_CACHE_NAMESPACE", namespace)
+    monkeypatch.setenv("REDIS_CACHE_DETERMINISTIC", "1")
+    monkeypatch.setenv("REDIS_CACHE_DIR", str(tmp_path / "disk"))
+    monkeypatch.setenv(LEDGER_ENV, str(tmp_path / "ledger"))
+    yield tmp_path / "ledger"
+
+
+def start(fn: str, arg: Any, out: Any, *, barrier: Any = None, role: str = "") -> Any:
+    from support import dcache_worker
+
+    proc = SPAWN.Process(target=dcache_worker, args=(fn, arg, barrier, out, role))
+    proc.start()
+    return proc
+
+
+def collect(out: Any, n: int, timeout: float = 60) -> list[dict[str, Any]]:
+    return [out.get(timeout=timeout) for _ in range(n)]
+
+
+def wait_for_lines(ledger: Path, n: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while len(computations(ledger)) < n:
+        if time.monotonic() > deadline:
+            pytest.fail(f"ledger never reached {n} computations: {computations(ledger)}")
+        time.sleep(0.01)
+
+
+def stampede(ledger: Path, n: int, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    monkeypatch.setenv(DELAY_ENV, "1.0")
+    out = SPAWN.Queue()
+    barrier = SPAWN.Barrier(n)
+    procs = [start("compile_tagged", 1, out, barrier=barrier) for _ in range(n)]
+    reports = collect(out, n)
+    for p in procs:
+        p.join(30)
+    return reports
+
+
+def test_sixteen_processes_stampeding_one_key(
+    fleet_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reports = stampede(fleet_env, 16, monkeypatch)
+    assert [r["error"] for r in reports] == [None] * 16
+    assert len(computations(fleet_env)) == 1
+    assert len({r["value"] for r in reports}) == 1
+    writer = [r for r in reports if r["stats"]["computations"] == 1]
+    assert len(writer) == 1
+    last = max(r["returned_at"] for r in reports) - writer[0]["returned_at"]
+    print(f"\nstampede of 16: last waiter returned {last * 1000:.1f} ms after the writer did")
+
+
+def test_holder_killed_mid_compute_is_taken_over_once(
+    fleet_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_CACHE_LOCK_LEASE", "1.0")
+    monkeypatch.setenv(DELAY_ENV, "60")  # the first attempt never finishes by itself
+    out = SPAWN.Queue()
+    holder = start("compile_slow_first", 1, out, role="holder")
+    wait_for_lines(fleet_env, 1)
+    waiters = [start("compile_slow_first", 1, out, role="waiter") for _ in range(4)]
+    time.sleep(2.5)  # let the waiters start and block on the lock (the holder keeps renewing)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join(10)
+    reports = collect(out, 4)
+    for p in waiters:
+        p.join(30)
+    assert [r["error"] for r in reports] == [None] * 4
+    assert len({r["value"] for r in reports}) == 1
+    assert len(computations(fleet_env)) == 2  # the killed attempt and one takeover
+    assert sum(r["stats"]["computations"] for r in reports) == 1
+    assert sum(r["stats"]["takeovers"] for r in reports) >= 1
+
+
+def test_holder_paused_past_its_lease_is_fenced_off(
+    fleet_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_CACHE_LOCK_LEASE", "0.5")
+    monkeypatch.setenv(DELAY_ENV, "2.0")
+    out = SPAWN.Queue()
+    paused = start("compile_tagged", 1, out, role="paused")
+    wait_for_lines(fleet_env, 1)
+    os.kill(paused.pid, signal.SIGSTOP)
+    try:
+        winner = start("compile_tagged", 1, out, role="winner")
+        wait_for_lines(fleet_env, 2)  # the winner took over and computes now
+    finally:
+        os.kill(paused.pid, signal.SIGCONT)
+    reports = {r["role"]: r for r in collect(out, 2)}
+    for p in (paused, winner):
+        p.join(30)
+    assert reports["paused"]["error"] is None and reports["winner"]["error"] is None
+    # The paused holder's write lost: it returns the winner's value.
+    assert reports["paused"]["value"] == reports["winner"]["value"]
+    assert f"@{winner.pid}@" in reports["winner"]["value"]
+    stats = reports["paused"]["stats"]
+    assert stats["fencing_rejections"] + stats["insert_conflicts"] == 1
+    print(f"\npaused holder: fencing rejections {stats['fencing_rejections']}")
+
+
+def test_fn_raising_releases_at_once_and_the_next_waiter_computes(
+    fleet_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_CACHE_LOCK_LEASE", "30")  # a release, not an expiry, must wake them
+    monkeypatch.setenv(DELAY_ENV, "0.5")
+    out = SPAWN.Queue()
+    first = start("compile_failing_first", 1, out, role="first")
+    wait_for_lines(fleet_env, 1)
+    others = [start("compile_failing_first", 1, out, role="other") for _ in range(3)]
+    reports = collect(out, 4, timeout=20)  # well under the 30 s lease
+    for p in (first, *others):
+        p.join(30)
+    by_role = {r["role"]: r for r in reports if r["role"] == "first"}
+    assert by_role["first"]["error"] == "RuntimeError: compiler crashed"
+    rest = [r for r in reports if r["role"] == "other"]
+    assert [r["error"] for r in rest] == [None] * 3
+    assert len({r["value"] for r in rest}) == 1
+    assert len(computations(fleet_env)) == 2
+
+
+def test_lock_timeout_names_the_key_and_the_wait(
+    fleet_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(DELAY_ENV, "5")
+    out = SPAWN.Queue()
+    holder = start("compile_tagged", 1, out, role="holder")
+    wait_for_lines(fleet_env, 1)
+    monkeypatch.setenv("REDIS_CACHE_LOCK_TIMEOUT", "0.5")
+    impatient = start("compile_tagged", 1, out, role="impatient")
+    reports = {r["role"]: r for r in collect(out, 2)}
+    for p in (holder, impatient):
+        p.join(30)
+    error = reports["impatient"]["error"]
+    assert error is not None and error.startswith("DistributedLockTimeoutError")
+    assert ":lock" in error and "0.5" in error
+    assert reports["holder"]["error"] is None
+
+
+def test_stampede_on_a_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_cluster: RedisClusterHandle,
+    namespace: str,
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("REDIS_CACHE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("REDIS_CACHE_URL", redis_cluster.url)
+    monkeypatch.setenv("REDIS_CACHE_CLUSTER", "1")
+    monkeypatch.setenv("REDIS_CACHE_NAMESPACE", namespace)
+    monkeypatch.setenv("REDIS_CACHE_DETERMINISTIC", "1")
+    monkeypatch.setenv("REDIS_CACHE_DIR", str(tmp_path / "disk"))
+    monkeypatch.setenv(LEDGER_ENV, str(tmp_path / "ledger"))
+    reports = stampede(tmp_path / "ledger", 8, monkeypatch)
+    assert [r["error"] for r in reports] == [None] * 8
+    assert len(computations(tmp_path / "ledger")) == 1
+    assert len({r["value"] for r in reports}) == 1
+
+
+def test_thousands_of_keys_from_eight_processes(fleet_env: Path) -> None:
+    from support import dcache_many_worker
+
+    keys = list(range(2000))
+    out = SPAWN.Queue()
+    procs = []
+    for seed in range(8):
+        order = keys[:]
+        random.Random(seed).shuffle(order)
+        procs.append(SPAWN.Process(target=dcache_many_worker, args=("compile_quick", order, out)))
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=240) for _ in procs]
+    for p in procs:
+        p.join(30)
+    assert all(r == results[0] for r in results)  # every process saw the same value per key
+    assert len(results[0]) == 2000
+    assert len(computations(fleet_env)) == 2000  # each key computed exactly once

@@ -1,0 +1,208 @@
+"""fcache and dcache on every topology: Cluster, Sentinel (with failover), TLS, ACL users."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from servers import RedisClusterHandle, RedisServer, SentinelHandle, TLSMaterial
+from support import make_settings, rich_value
+
+import redis_cache
+from redis_cache import exceptions
+from redis_cache.interfaces import DeterministicCache, FastCache
+from redis_cache.layers import EntryKey
+
+pytestmark = [pytest.mark.real_redis, pytest.mark.slow]
+
+
+def kernel(x: int) -> Any:
+    return rich_value(x)
+
+
+def machine(tmp: Path, name: str, cls: Any = FastCache, **overrides: Any) -> Any:
+    if cls is DeterministicCache:
+        overrides = {"deterministic": True, "determinism": "global", **overrides}
+    return cls(make_settings(tmp / name, **overrides))
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+def test_cluster_shares_entries_and_single_flights(
+    tmp_path: Path, redis_cluster: RedisClusterHandle, namespace: str
+) -> None:
+    common = {"url": redis_cluster.url, "cluster": True, "namespace": namespace}
+    a = machine(tmp_path, "a", **common)
+    b = machine(tmp_path, "b", **common)
+    recorded_a = a.record()(kernel)
+    assert [recorded_a(i) for i in range(20)] == [rich_value(i) for i in range(20)]
+    recorded_b = b.record()(kernel)
+    assert [recorded_b(i) for i in range(20)] == [rich_value(i) for i in range(20)]
+    assert b.stats().remote_hits == 20  # entries spread over all three masters
+    keys = [a._key(kernel, ((i,), {}), redis_cache.context.isolation_key(None), None)
+            for i in range(20)]
+    assert all(v is not None for v in b._backend().redis.get_many(keys))
+
+    calls: list[int] = []
+    barrier = threading.Barrier(6)
+
+    def slow(x: int) -> str:
+        calls.append(x)
+        time.sleep(0.2)
+        return f"computed-{x}"
+
+    dcaches = [machine(tmp_path, f"d{i}", DeterministicCache, **common) for i in range(6)]
+    results: list[str] = []
+
+    def worker(d: DeterministicCache) -> None:
+        barrier.wait()
+        results.append(d.record()(slow)(7))
+
+    threads = [threading.Thread(target=worker, args=(d,)) for d in dcaches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == [7]
+    assert results == ["computed-7"] * 6
+    for cache in [a, b, *dcaches]:
+        cache.close()
+
+
+# --------------------------------------------------------------------------- sentinel
+
+
+def test_sentinel_writes_to_the_primary_and_survives_failover(
+    tmp_path: Path, redis_sentinel: SentinelHandle
+) -> None:
+    common = {
+        "url": "redis://",
+        "sentinels": tuple(redis_sentinel.sentinels),
+        "sentinel_master": redis_sentinel.master_name,
+        "breaker_cooldown": 0.05,
+        "breaker_max_cooldown": 0.2,
+        "retry_deadline": 20.0,
+        "socket_timeout": 1.0,
+        "connect_timeout": 0.5,
+    }
+    f = machine(tmp_path, "f", **common)
+    d = machine(tmp_path, "d", DeterministicCache, **common)
+    assert f.insert(kernel, ((1,), {}), "before") is True
+    assert d.record()(kernel)(2) == rich_value(2)
+    old_primary = redis_sentinel.primary
+    assert old_primary.client().dbsize() >= 2  # written to the primary
+
+    redis_sentinel.failover()
+    new_primary = redis_sentinel.primary
+    assert new_primary.port != old_primary.port
+
+    # fcache never raises; once the client follows the new primary, writes land there.
+    recorded = f.record()(kernel)
+    for i in range(100, 400):
+        recorded(i)
+        if new_primary.client().exists(f._backend().redis.value_key(
+            f._key(kernel, ((i,), {}), redis_cache.context.isolation_key(None), None)
+        )):
+            break
+        time.sleep(0.02)
+    else:
+        pytest.fail("fcache never wrote to the new primary after failover")
+    # dcache retries transient failover errors within its deadline and synchronizes.
+    assert d.record()(kernel)(3) == rich_value(3)
+    assert d.get(kernel, ((2,), {})) == redis_cache.Hit(rich_value(2))  # replicated entry kept
+    f.close()
+    d.close()
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+def test_tls_with_a_verified_server_certificate(
+    tmp_path: Path, tls_redis_server: RedisServer, tls_material: TLSMaterial, namespace: str
+) -> None:
+    common = {"url": tls_redis_server.url, "namespace": namespace,
+              "tls_ca_file": str(tls_material.ca_cert)}
+    assert common["url"].startswith("rediss://")
+    a, b = machine(tmp_path, "a", **common), machine(tmp_path, "b", **common)
+    a.record()(kernel)(1)
+    assert b.record()(kernel)(1) == rich_value(1)
+    assert b.stats().remote_hits == 1
+    with_cert = machine(tmp_path, "c", tls_cert_file=str(tls_material.client_cert),
+                        tls_key_file=str(tls_material.client_key), **common)
+    assert with_cert.get(kernel, ((1,), {})) == redis_cache.Hit(rich_value(1))
+    for cache in (a, b, with_cert):
+        cache.close()
+
+
+def test_tls_without_the_ca_fails_open_for_fcache(
+    tmp_path: Path, tls_redis_server: RedisServer, namespace: str
+) -> None:
+    f = machine(tmp_path, "f", url=tls_redis_server.url, namespace=namespace)
+    assert f.record()(kernel)(1) == rich_value(1)  # served locally
+    assert f.stats().remote_errors == 1
+    f.close()
+
+
+# --------------------------------------------------------------------------- ACL
+
+
+WORKER_COMMANDS = (
+    "+get +set +del +exists +eval +evalsha +script|load +pexpire +pttl +incr +rpush +blpop "
+    "+lpush +info +ping +client|setname +wait +scan +hincrby +hincrbyfloat +expire +unlink"
+)
+
+
+@pytest.fixture(scope="module")
+def acl_server() -> Any:
+    with RedisServer(
+        config=["maxmemory-policy noeviction"],
+        acl=[f"worker on >worker-pw-123 ~redis_cache:v1:team-a:* resetchannels {WORKER_COMMANDS}"],
+    ) as server:
+        yield server
+
+
+def test_acl_user_confined_to_its_namespace(tmp_path: Path, acl_server: RedisServer) -> None:
+    url = f"redis://worker:worker-pw-123@127.0.0.1:{acl_server.port}/0"
+    f = machine(tmp_path, "f", url=url, namespace="team-a")
+    d = machine(tmp_path, "d", DeterministicCache, url=url, namespace="team-a")
+    assert f.record()(kernel)(1) == rich_value(1)
+    assert d.record()(kernel)(2) == rich_value(2)
+    assert f.stats().remote_errors == 0 and d.stats().remote_errors == 0
+    assert acl_server.client().dbsize() >= 2
+
+    # Outside the pattern: fcache fails open, dcache fails closed at once (not retryable).
+    outside_f = machine(tmp_path, "of", url=url, namespace="team-b")
+    assert outside_f.record()(kernel)(3) == rich_value(3)
+    assert outside_f.stats().remote_errors == 1
+    outside_d = machine(tmp_path, "od", DeterministicCache, url=url, namespace="team-b",
+                        retry_deadline=30.0)
+    started = time.monotonic()
+    with pytest.raises(exceptions.RemoteUnavailableError) as info:
+        outside_d.record()(kernel)(4)
+    assert "NoPermission" in str(info.value) or "NOPERM" in str(info.value)
+    assert "worker-pw-123" not in str(info.value)
+    assert time.monotonic() - started < 30.0  # permanent errors are not retried to the deadline
+    for cache in (f, d, outside_f, outside_d):
+        cache.close()
+
+
+def test_wrong_password_is_reported_without_the_password(
+    tmp_path: Path, acl_server: RedisServer
+) -> None:
+    url = f"redis://worker:not-the-pw-987@127.0.0.1:{acl_server.port}/0"
+    d = machine(tmp_path, "d", DeterministicCache, url=url, namespace="team-a")
+    with pytest.raises(exceptions.RemoteUnavailableError) as info:
+        d.get(kernel, ((1,), {}))
+    assert "not-the-pw-987" not in str(info.value)
+    assert "Authentication" in str(info.value)
+
+
+def test_entry_keys_stay_in_the_namespace_pattern(tmp_path: Path) -> None:
+    layer = machine(tmp_path, "x", url="redis://h:1/0", namespace="team-a")._backend().redis
+    keys = layer.entry_keys(EntryKey("m.f", "0" * 64))
+    for key in (keys.value, keys.lock, keys.fence, keys.signal):
+        assert key.startswith("redis_cache:v1:team-a:")
