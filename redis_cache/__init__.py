@@ -9,6 +9,8 @@ validated on first use.
 
 from __future__ import annotations
 
+import logging
+
 from . import config, context, exceptions, locks
 from .context import IsolationSchema, SelectedCompileContext, SelectedRuntimeContext
 from .exceptions import (
@@ -35,6 +37,9 @@ from .exceptions import (
 )
 from .interfaces import CacheInterface, DeterministicCache, FastCache, Hit
 from .stats import CacheStats
+
+# Quiet by default: applications opt in with logging.getLogger("redis_cache").
+logging.getLogger("redis_cache").addHandler(logging.NullHandler())
 
 fcache: FastCache = FastCache()
 dcache: DeterministicCache = DeterministicCache()

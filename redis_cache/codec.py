@@ -53,6 +53,7 @@ import msgpack
 
 from . import exceptions
 
+_zstd: Any
 try:  # optional: only needed to write or read zstd-compressed entries
     import zstandard as _zstd
 except ImportError:  # pragma: no cover - depends on the environment

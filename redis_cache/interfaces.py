@@ -415,7 +415,13 @@ class FastCache(CacheInterface):
             # Another machine won: its value arrives by the next lookup's backfill.
             self._stats.insert_conflicts += 1
             return False
-        inserted = backend.disk.insert(key, blob)
+        if accepted_remotely:
+            # Redis holds it for every machine; this machine's disk copy is an
+            # accelerator and is written off the caller's path.
+            backend.backfill_disk(key, blob)
+            inserted = True
+        else:
+            inserted = backend.disk.insert(key, blob)
         if inserted:
             backend.memo.insert(key, MemoEntry(stored, blob, key.callee))
         result = accepted_remotely if accepted_remotely is not None else inserted

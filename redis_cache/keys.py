@@ -32,7 +32,7 @@ import hashlib
 import math
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from . import exceptions
 
@@ -62,6 +62,7 @@ _head = struct.Struct(">cQ").pack  # tag + 8-byte length or count
 _small_int = struct.Struct(">cq").pack  # tag + 8-byte two's complement
 _float = struct.Struct(">cd").pack  # tag + IEEE-754 bits
 _NAN = _FLOAT + b"\x7f\xf8\x00\x00\x00\x00\x00\x00"
+_EMPTY_DICT = _head(_DICT, 0)
 
 
 class _Refused(Exception):
@@ -121,19 +122,39 @@ def _enter(obj: object, depth: int) -> int:
     return depth + 1
 
 
-def _enc_tuple(obj: tuple[Any, ...], depth: int) -> bytes:
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+
+
+def _enc_sequence(tag: bytes, obj: tuple[Any, ...] | list[Any], depth: int) -> bytes:
+    # Arguments are mostly short sequences of str and small int: encoding those
+    # inline (same bytes as _enc_str/_enc_int) saves a call per element.
     depth = _enter(obj, depth)
-    get = _DISPATCH.get
-    return b"".join([_head(_TUPLE, len(obj)), *[get(type(x), _enc_refuse)(x, depth) for x in obj]])
+    parts = [_head(tag, len(obj))]
+    append = parts.append
+    for x in obj:
+        kind = type(x)
+        if kind is str:
+            data = x.encode("utf-8", "surrogatepass")
+            append(_head(_STR, len(data)))
+            append(data)
+        elif kind is int and _INT_MIN <= x <= _INT_MAX:
+            append(_small_int(_INT, x))
+        else:
+            append(_DISPATCH.get(kind, _enc_refuse)(x, depth))
+    return b"".join(parts)
+
+
+def _enc_tuple(obj: tuple[Any, ...], depth: int) -> bytes:
+    return _enc_sequence(_TUPLE, obj, depth)
 
 
 def _enc_list(obj: list[Any], depth: int) -> bytes:
-    depth = _enter(obj, depth)
-    get = _DISPATCH.get
-    return b"".join([_head(_LIST, len(obj)), *[get(type(x), _enc_refuse)(x, depth) for x in obj]])
+    return _enc_sequence(_LIST, obj, depth)
 
 
 def _enc_dict(obj: dict[Any, Any], depth: int) -> bytes:
+    if not obj:
+        return _EMPTY_DICT
     depth = _enter(obj, depth)
     get = _DISPATCH.get
     # Sorting whole (key, value) encodings orders by key first (encodings are
@@ -247,7 +268,37 @@ def entry_digest(callee: str, isolation_key: str, params: object) -> str:
     """Hex SHA-256 naming the entry of ``callee(*params)`` under ``isolation_key``.
 
     ``params`` is usually ``(args_tuple, kwargs_dict)``; kwargs order does not matter.
+    The digest is that of ``encode((callee, isolation_key, params))``; the hash state
+    after the (callee, isolation key) prefix is cached, so a call encodes only params.
     """
+    state = _prefix_states.get((callee, isolation_key))
+    if state is None:
+        if type(callee) is not str or type(isolation_key) is not str:
+            _raise_for((callee, isolation_key, params))
+        state = hashlib.sha256(
+            _DIGEST_PREFIX
+            + _head(_TUPLE, 3)
+            + _enc_str(callee, 1)
+            + _enc_str(isolation_key, 1)
+        )
+        if len(_prefix_states) < _PREFIX_CACHE_SIZE:
+            _prefix_states[(callee, isolation_key)] = state
+    try:
+        data = _DISPATCH.get(type(params), _enc_refuse)(params, 1)
+    except (_Refused, RecursionError):
+        _raise_for((callee, isolation_key, params))
+    digest = state.copy()
+    digest.update(data)
+    return digest.hexdigest()
+
+
+_PREFIX_CACHE_SIZE = 4096
+_prefix_states: dict[tuple[str, str], Any] = {}
+
+
+def _raise_for(key: tuple[object, object, object]) -> NoReturn:
+    """Encode the way that names where the bad value is; only reached for bad keys."""
+    params = key[2]
     names: dict[tuple[str, ...], str] = {}
     if (
         type(params) is tuple
@@ -257,5 +308,5 @@ def entry_digest(callee: str, isolation_key: str, params: object) -> str:
     ):
         names = {("[2]", "[0]"): "args", ("[2]", "[1]"): "kwargs"}
     names.update({("[0]",): "callee", ("[1]",): "isolation_key", ("[2]",): "params"})
-    data = _encode((callee, isolation_key, params), names)
-    return hashlib.sha256(_DIGEST_PREFIX + data).hexdigest()
+    _encode(key, names)
+    raise exceptions.KeyPicklingError(key, "cannot be encoded")  # _encode raised already

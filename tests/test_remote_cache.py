@@ -406,3 +406,19 @@ def test_read_only_consumers_report_corruption_but_never_repair(
     assert reader.stats().corrupt_entries == 1
     assert reader.stats().remote_errors == 0
     assert redis_server.client().get(vkey) == b"garbage"
+
+
+def test_a_client_that_cannot_be_built_fails_open_for_fcache(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path, url="rediss://127.0.0.1:1/0", tls_ca_file=str(tmp_path / "missing-ca.pem")
+    )
+    cache = FastCache(settings)
+    assert cache.record()(kernel)(1) == (1, "kernel")
+    assert cache.stats().remote_errors == 1
+    dcache = DeterministicCache(
+        make_settings(tmp_path, url=settings.url, tls_ca_file=settings.tls_ca_file,
+                      deterministic=True, determinism="global", retry_deadline=0.2)
+    )
+    with pytest.raises(exceptions.RemoteUnavailableError) as info:
+        dcache.get(kernel, ((1,), {}))
+    assert "missing-ca.pem" in str(info.value) or "CA" in str(info.value)

@@ -16,8 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import RedisClusterHandle, RedisServer
-from support import DELAY_ENV, LEDGER_ENV, computations
+from servers import RedisClusterHandle, RedisServer, free_port
+from support import (
+    DELAY_ENV,
+    LEDGER_ENV,
+    computations,
+    dcache_many_worker,
+    dcache_worker,
+    fcache_worker,
+)
 
 pytestmark = [pytest.mark.real_redis, pytest.mark.slow]
 
@@ -41,8 +48,6 @@ def fleet_env(
 
 
 def start(fn: str, arg: Any, out: Any, *, barrier: Any = None, role: str = "") -> Any:
-    from support import dcache_worker
-
     proc = SPAWN.Process(target=dcache_worker, args=(fn, arg, barrier, out, role))
     proc.start()
     return proc
@@ -190,8 +195,6 @@ def test_stampede_on_a_cluster(
 
 
 def test_thousands_of_keys_from_eight_processes(fleet_env: Path) -> None:
-    from support import dcache_many_worker
-
     keys = list(range(2000))
     out = SPAWN.Queue()
     procs = []
@@ -207,3 +210,42 @@ def test_thousands_of_keys_from_eight_processes(fleet_env: Path) -> None:
     assert all(r == results[0] for r in results)  # every process saw the same value per key
     assert len(results[0]) == 2000
     assert len(computations(fleet_env)) == 2000  # each key computed exactly once
+
+
+def fcache_stampede(n: int) -> list[dict[str, Any]]:
+    out = SPAWN.Queue()
+    barrier = SPAWN.Barrier(n)
+    procs = [
+        SPAWN.Process(target=fcache_worker, args=("compile_tagged", 1, barrier, out))
+        for _ in range(n)
+    ]
+    for p in procs:
+        p.start()
+    reports = collect(out, n)
+    for p in procs:
+        p.join(30)
+    return reports
+
+
+def test_fcache_opt_in_single_flight(fleet_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REDIS_CACHE_DETERMINISTIC")
+    monkeypatch.setenv("REDIS_CACHE_SINGLE_FLIGHT", "1")
+    monkeypatch.setenv(DELAY_ENV, "1.0")
+    reports = fcache_stampede(8)
+    assert len(computations(fleet_env)) == 1
+    assert len({r["value"] for r in reports}) == 1
+
+
+def test_fcache_single_flight_fails_open_without_redis(
+    fleet_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("REDIS_CACHE_DETERMINISTIC")
+    monkeypatch.setenv("REDIS_CACHE_SINGLE_FLIGHT", "1")
+    monkeypatch.setenv("REDIS_CACHE_URL", f"redis://127.0.0.1:{free_port()}/0")
+    reports = fcache_stampede(4)
+    assert all(r["value"].startswith("1@") for r in reports)
+    # Each process computed locally or found a neighbour's result on the shared disk.
+    for r in reports:
+        assert r["stats"]["computations"] + r["stats"]["disk_hits"] == 1
+    assert sum(r["stats"]["remote_errors"] for r in reports) >= 1
+    assert len(computations(fleet_env)) == sum(r["stats"]["computations"] for r in reports)

@@ -35,6 +35,7 @@ logger = logging.getLogger("redis_cache.redis")
 T = TypeVar("T")
 
 KEY_PREFIX = "redis_cache"
+PREFETCH_CHUNK = 1000  # keys per MGET: bounds one reply while keeping round trips few
 FORMAT_VERSION = "v1"
 
 # KEYS[1] = an entry's value key; ARGV[1] = the exact bytes believed corrupt.
@@ -57,6 +58,8 @@ _TRANSIENT = (
     redis.exceptions.ReadOnlyError,
 )
 _PERMANENT = (redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError)
+_TRANSIENT_ALL = (*_TRANSIENT, redis.exceptions.RedisClusterException)
+_REDIS_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError)
 
 
 class RemoteError(exceptions.RemoteUnavailableError):
@@ -98,36 +101,43 @@ class RedisLayer(Layer[bytes]):
 
     # -- translation ----------------------------------------------------------------
 
+    def translate(self, exc: BaseException, operation: str) -> RemoteError:
+        """The one table from redis-py (and socket) errors to ours."""
+        if isinstance(exc, OSError) and not isinstance(exc, redis.exceptions.RedisError):
+            # TLS and socket errors redis-py lets through.
+            return RemoteError(
+                f"redis at {self.settings.server_name}: {operation} failed: {exc}",
+                transient=True,
+            )
+        # RedisClusterException is not a RedisError; cluster slot trouble may pass.
+        transient = isinstance(exc, _TRANSIENT_ALL) and not isinstance(exc, _PERMANENT)
+        return RemoteError(
+            f"redis at {self.settings.server_name}: {operation} failed: "
+            f"{type(exc).__name__}: {exc}",
+            transient=transient,
+        )
+
     @contextmanager
     def translated(self, operation: str) -> Iterator[None]:
         try:
             yield
-        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
-            # RedisClusterException is not a RedisError; cluster slot trouble may pass.
-            transient = isinstance(
-                exc, (*_TRANSIENT, redis.exceptions.RedisClusterException)
-            ) and not isinstance(exc, _PERMANENT)
-            raise RemoteError(
-                f"redis at {self.settings.server_name}: {operation} failed: "
-                f"{type(exc).__name__}: {exc}",
-                transient=transient,
-            ) from exc
-        except OSError as exc:  # TLS and socket errors redis-py lets through
-            raise RemoteError(
-                f"redis at {self.settings.server_name}: {operation} failed: {exc}",
-                transient=True,
-            ) from exc
+        except _REDIS_ERRORS as exc:
+            raise self.translate(exc, operation) from exc
 
     def client(self) -> Any:
-        with self.translated("connect"):
+        try:
             return self.provider.get()
+        except _REDIS_ERRORS as exc:
+            raise self.translate(exc, "connect") from exc
 
     # -- Layer contract -------------------------------------------------------------
 
     def get(self, key: EntryKey) -> bytes | None:
         client = self.client()
-        with self.translated("GET"):
+        try:  # inline rather than `with translated()`: this is the remote hit path
             value = client.get(self.value_key(key))
+        except _REDIS_ERRORS as exc:
+            raise self.translate(exc, "GET") from exc
         return None if value is None else bytes(value)
 
     def insert(self, key: EntryKey, item: bytes, *, ttl: int = 0) -> bool:
@@ -146,15 +156,19 @@ class RedisLayer(Layer[bytes]):
             return bool(script(keys=[self.value_key(key)], args=[expected]))
 
     def get_many(self, keys: Sequence[EntryKey]) -> list[bytes | None]:
-        """Prefetch many entries in one pipelined round trip (per node on a cluster)."""
+        """Prefetch many entries in one round trip per 1,000 keys (per slot group on a cluster)."""
         if not keys:
             return []
         client = self.client()
-        with self.translated(f"pipelined GET of {len(keys)} keys"):
-            pipe = client.pipeline(transaction=False)
-            for key in keys:
-                pipe.get(self.value_key(key))
-            values = pipe.execute()
+        names = [self.value_key(key) for key in keys]
+        values: list[Any] = []
+        with self.translated(f"MGET of {len(keys)} keys"):
+            # One MGET per chunk: a pipeline of GETs costs redis-py a Python round of
+            # work per command and was only ~6x faster than single GETs; MGET ~50x.
+            # On a cluster, mget_nonatomic splits the keys by slot.
+            mget = client.mget_nonatomic if hasattr(client, "mget_nonatomic") else client.mget
+            for start in range(0, len(names), PREFETCH_CHUNK):
+                values.extend(mget(names[start : start + PREFETCH_CHUNK]))
         return [None if v is None else bytes(v) for v in values]
 
     # -- helpers ----------------------------------------------------------------------
@@ -268,7 +282,7 @@ class FailOpenRemote(Layer[bytes]):
             return None
         try:
             result = operation()
-        except RemoteError as exc:
+        except exceptions.RemoteUnavailableError as exc:
             self.stats.remote_errors += 1
             if self.breaker.record_failure():
                 logger.warning("%s; serving from local layers until it recovers", exc)
@@ -314,7 +328,7 @@ class FailOpenRemote(Layer[bytes]):
         sync = SyncRemote(self.layer, self.stats, deadline=0.0, ttl=self.layer.settings.ttl)
         try:
             return sync.single_flight(key, compute_blob)
-        except RemoteError as exc:
+        except exceptions.RemoteUnavailableError as exc:
             self.stats.remote_errors += 1
             if self.breaker.record_failure():
                 logger.warning("%s; serving from local layers until it recovers", exc)
