@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,3 +68,22 @@ def test_configuration_errors_exit_2_without_traceback() -> None:
     assert done.returncode == 2
     assert "REDIS_CACHE_LOCK_TIMEOUT" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.real_redis
+def test_demo_shows_the_redis_layer_and_single_flight(tmp_path: Path, redis_server: Any) -> None:
+    env = clean_env(
+        REDIS_CACHE_DIR=str(tmp_path), REDIS_CACHE_URL=redis_server.url,
+        REDIS_CACHE_NAMESPACE=f"demo-{tmp_path.name}"[:60], REDIS_CACHE_DETERMINISTIC="1",
+    )
+    done = run_cli("demo", "--workers", "4", "--kernels", "3", "--seconds", "0.5", env=env)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "dcache (deterministic)" in out and "own disk, shared redis" in out
+    calls = [line for line in out.splitlines() if line.strip().startswith("worker ")]
+    assert len(calls) == 4 * 3 * 2
+    # Single flight: each kernel compiled once in the whole farm, the rest waited or hit.
+    assert sum(" compiled " in line for line in calls) == 3
+    assert any(" redis " in line or " waited " in line for line in calls)
+    assert "compilations: 3 " in out
