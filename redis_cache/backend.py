@@ -40,7 +40,7 @@ class Backend:
         self.redis: RedisLayer | None = None
         self.fail_open_remote: FailOpenRemote | None = None
         self.sync_remote: SyncRemote | None = None
-        if settings.has_remote:
+        if settings.has_remote and settings.enabled:
             from .layers.redis import FailOpenRemote, RedisLayer, SyncRemote  # noqa: PLC0415
 
             self.redis = RedisLayer(settings)

@@ -364,12 +364,21 @@ class FastCache(CacheInterface):
         result_encoder: Callable[[Any], Any] | None,
         result_decoder: Callable[[Any], Any] | None,
     ) -> Any:
-        if backend.settings.single_flight and backend.fail_open_remote is not None:
+        settings = backend.settings
+        if (
+            settings.single_flight
+            and backend.fail_open_remote is not None
+            and not settings.read_only
+        ):
             return self._compute_single_flight(backend, key, call, result_encoder, result_decoder)
         result = call()
         self._stats.computations += 1
         stored = result_encoder(result) if result_encoder else result
-        self._store(backend, key, self._encode(backend, key, stored), stored)
+        blob = self._encode(backend, key, stored)
+        if not self._store(backend, key, blob, stored):
+            # Below us sits an entry we lost to or cannot read (another fleet's secret):
+            # keep our own result for this process rather than recompute on every call.
+            backend.remember(key, stored, blob)
         return result_decoder(stored) if result_decoder else result
 
     def _compute_single_flight(

@@ -317,3 +317,21 @@ def test_callables_without_a_module_are_recorded(cache: FastCache) -> None:
     assert upper("abc") == "ABC"
     assert upper("abc") == "ABC"
     assert cache.stats().computations == 1
+
+
+def test_an_unreadable_entry_below_is_computed_once_per_process(tmp_path: Path) -> None:
+    theirs = FastCache(make_settings(tmp_path, secret=b"their-secret-0123456789"))
+    theirs.insert(rich_value, ((1,), {"k": 1}), "theirs")
+    ours = FastCache(make_settings(tmp_path, secret=b"our-secret-0123456789ab"))
+    calls: list[int] = []
+
+    def f(x: int, k: int) -> str:
+        calls.append(x)
+        return "ours"
+
+    f.__module__, f.__qualname__ = rich_value.__module__, rich_value.__qualname__  # same key
+    wrapped = ours.record()(f)
+    # kwargs keep the memo fast path out of it: only the memo fill can stop recomputation.
+    assert [wrapped(1, k=1) for _ in range(3)] == ["ours"] * 3
+    assert calls == [1]
+    assert ours.stats().unverified_entries == 1
