@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import exceptions, locks
@@ -70,6 +71,12 @@ class Backend:
         """Fill the disk layer off the caller's path: a remote hit costs one round trip."""
         self._backfill.put(key, blob)
 
+    def note_disk_error(self, exc: exceptions.DiskLayerError) -> None:
+        """fcache serves through a sick disk: count it, warn once per process."""
+        self.stats.disk_errors += 1
+        level = logging.WARNING if self.stats.disk_errors == 1 else logging.DEBUG
+        logger.log(level, "%s; continuing without the disk layer for this call", exc)
+
     def note_bad_entry(
         self, layer: Layer[bytes], key: EntryKey, exc: exceptions.ValueDecodingError
     ) -> None:
@@ -107,9 +114,8 @@ class Backend:
         existing = self.disk.get(key)
         if existing is not None:
             return existing
-        flock = locks.file_lock(self.disk.lock_path(key))
         started = time.monotonic()
-        with locks.acquire_file_lock(flock, self.settings.lock_timeout):
+        with self._file_lock(key):
             waited = time.monotonic() - started
             self.stats.lock_acquisitions += 1
             if waited > 0.001:
@@ -123,6 +129,17 @@ class Backend:
                 self.stats.inserts += 1
                 return blob
             return self.disk.get(key) or blob
+
+    @contextlib.contextmanager
+    def _file_lock(self, key: EntryKey) -> Iterator[None]:
+        path = self.disk.lock_path(key)
+        with contextlib.ExitStack() as stack:
+            try:
+                flock = locks.file_lock(path)
+                stack.enter_context(locks.acquire_file_lock(flock, self.settings.lock_timeout))
+            except OSError as exc:  # the lock directory cannot be created or opened
+                raise exceptions.DiskLayerError(f"disk layer: cannot lock {path}: {exc}") from exc
+            yield
 
     def sync_insert(self, key: EntryKey, blob: bytes) -> bool:
         return self.sync_layer.insert(key, blob)
@@ -176,8 +193,8 @@ class _Backfiller:
                     return
                 key, blob = item
                 self._disk.insert(key, blob)
-            except OSError as exc:
-                logger.warning("disk backfill failed: %s", exc)
+            except exceptions.DiskLayerError as exc:
+                logger.debug("disk backfill failed: %s", exc)
             finally:
                 self._queue.task_done()
 

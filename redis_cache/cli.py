@@ -176,7 +176,7 @@ def render_stats(result: NamespaceStats) -> str:
     if not result.counters:
         lines.append("counters: none published yet (REDIS_CACHE_STATS_INTERVAL)")
     for owner, counters in sorted(result.counters.items()):
-        shown = " ".join(f"{k}={v:g}" for k, v in sorted(counters.items()) if v)
+        shown = " ".join(f"{k}={_count(v)}" for k, v in sorted(counters.items()) if v)
         lines.append(f"counters {owner}: {shown or 'all zero'}")
     return "\n".join(lines)
 
@@ -305,6 +305,11 @@ def _add_operator_commands(sub: Any) -> None:
     clear.add_argument("--callee", metavar="NAME", help="only this callee (module.qualname)")
     clear.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     clear.set_defaults(handler=_clear)
+
+
+def _count(value: float) -> str:
+    """Counters as plain numbers: 1234567, not 1.23457e+06; seconds with three decimals."""
+    return str(int(value)) if float(value).is_integer() else f"{value:.3f}"
 
 
 def build_parser() -> argparse.ArgumentParser:

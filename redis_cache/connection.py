@@ -213,12 +213,26 @@ def _sentinel_auth_on_demand(username: str | None, password: str) -> Callable[[A
             # Keep the socket on an error reply; redis-py disconnects if we raise.
             connection.read_response(disconnect_on_error=False)
         except redis.AuthenticationError:  # NOAUTH
+            _skip_reply_raised_for(connection)
             args = (username, password) if username else (password,)
             connection.send_command("AUTH", *args, check_health=False)
             if connection.read_response(disconnect_on_error=False) not in (b"OK", "OK"):
                 raise redis.AuthenticationError("sentinel refused the credentials") from None
 
     return on_connect
+
+
+def _skip_reply_raised_for(connection: Any) -> None:
+    """Drop the error reply the parser just raised for.
+
+    redis-py's pure-Python parser rewinds its buffer to the start of a reply it
+    raises for, so the next read would return the same NOAUTH again (hiredis
+    consumes it). Seen with redis-py 8.1 without hiredis installed.
+    """
+    buffer = getattr(getattr(connection, "_parser", None), "_buffer", None)
+    if buffer is not None and hasattr(buffer, "unread_bytes") and buffer.unread_bytes():
+        buffer.readline()
+        buffer.purge()
 
 
 def _sentinel_kwargs(

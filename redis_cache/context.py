@@ -120,16 +120,26 @@ def _torch_version_hash() -> str | None:
     torch = _torch()
     if torch is None:
         return None
-    return hashlib.sha256(str(torch.__version__).encode()).hexdigest()
+    try:  # Inductor's own key hashes torch's sources: two builds of one version differ
+        from torch._inductor.codecache import torch_key  # noqa: PLC0415
+
+        return hashlib.sha256(torch_key()).hexdigest()
+    except Exception:  # older or stripped builds: the version string is the best we have
+        return hashlib.sha256(str(torch.__version__).encode()).hexdigest()
 
 
 @cache
 def _triton_version_hash() -> str | None:
     if not _importable("triton"):
         return None
-    import triton  # noqa: PLC0415
+    try:
+        from torch._inductor.runtime.triton_compat import triton_key  # noqa: PLC0415
 
-    return hashlib.sha256(str(triton.__version__).encode()).hexdigest()
+        return hashlib.sha256(str(triton_key()).encode()).hexdigest()
+    except Exception:
+        import triton  # noqa: PLC0415
+
+        return hashlib.sha256(str(triton.__version__).encode()).hexdigest()
 
 
 @cache

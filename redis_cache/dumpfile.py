@@ -25,8 +25,7 @@ from . import exceptions
 MAGIC = b"REDIS_CACHE_DUMP v1\n"
 
 
-class InvalidDumpFileError(exceptions.UserError):
-    """A dump file is foreign, truncated or corrupt; nothing was loaded from it."""
+InvalidDumpFileError = exceptions.InvalidDumpFileError  # where callers have looked for it
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,8 +50,8 @@ class RemoteUnavailableError(SystemError):
     """The Redis layer could not be used; the message names the server, never credentials."""
 
 
-class RemoteConsistencyError(SystemError):
-    """A write was not acknowledged by enough replicas (``WAIT``) in time."""
+class DiskLayerError(SystemError):
+    """The disk layer could not read or write (full, read-only, permissions)."""
 
 
 class UserError(CacheError, TypeError):
@@ -102,6 +102,10 @@ class UnsupportedValueError(ValueEncodingError):
 
 class ValueTooLargeError(ValueEncodingError):
     """An encoded result is larger than ``REDIS_CACHE_MAX_VALUE_BYTES``."""
+
+
+class InvalidDumpFileError(UserError):
+    """A dump file is foreign, truncated or corrupt; nothing was loaded from it."""
 
 
 class ValueDecodingError(UserError):

@@ -248,7 +248,9 @@ class CacheInterface(ABC):
             payload = (
                 params_encoder(*args, **kwargs) if params_encoder else (tuple(args), dict(kwargs))
             )
-            digest = keys.entry_digest(callee, isolation, payload)
+            # Each interface has a key space of its own: dcache must never adopt an
+            # fcache entry (raced, possibly carrying a TTL that lets Redis evict it).
+            digest = keys.entry_digest(callee, f"{self.name}/{isolation}", payload)
         except exceptions.KeyEncodingError as exc:
             raise exceptions.CustomParamsEncoderRequiredError(fn, str(exc)) from exc
         return EntryKey(callee, digest)
@@ -338,7 +340,11 @@ class FastCache(CacheInterface):
         if entry is not None:
             self._stats.memo_hits += 1
             return entry
-        blob = backend.disk.get(key)
+        try:
+            blob = backend.disk.get(key)
+        except exceptions.DiskLayerError as exc:
+            backend.note_disk_error(exc)
+            blob = None
         if blob is not None:
             value = self._decode(backend, backend.disk, key, blob)
             if value is not _MISS:
@@ -405,15 +411,21 @@ class FastCache(CacheInterface):
             if blob is not None:
                 value = self._decode(backend, remote, key, blob)
                 if value is not _MISS:
-                    backend.disk.insert(key, blob)
+                    backend.backfill_disk(key, blob)
                     entry = backend.remember(key, value, blob)
                     return result_decoder(entry.value) if result_decoder else entry.value
         # Redis failed, or its entry is unusable here: serve our own result locally.
         stored = computed[0] if computed else compute_stored()
         blob = self._encode(backend, key, stored)
-        if backend.disk.insert(key, blob):
-            backend.memo.insert(key, MemoEntry(stored, blob, key.callee))
+        self._store_locally(backend, key, blob, stored)
         return result_decoder(stored) if result_decoder else stored
+
+    def _store_locally(self, backend: Backend, key: EntryKey, blob: bytes, stored: Any) -> None:
+        try:
+            backend.disk.insert(key, blob)
+        except exceptions.DiskLayerError as exc:
+            backend.note_disk_error(exc)
+        backend.remember(key, stored, blob)
 
     def _store(self, backend: Backend, key: EntryKey, blob: bytes, stored: Any) -> bool:
         remote = backend.fail_open_remote
@@ -430,7 +442,11 @@ class FastCache(CacheInterface):
             backend.backfill_disk(key, blob)
             inserted = True
         else:
-            inserted = backend.disk.insert(key, blob)
+            try:
+                inserted = backend.disk.insert(key, blob)
+            except exceptions.DiskLayerError as exc:
+                backend.note_disk_error(exc)
+                inserted = False
         if inserted:
             backend.memo.insert(key, MemoEntry(stored, blob, key.callee))
         result = accepted_remotely if accepted_remotely is not None else inserted
@@ -485,6 +501,12 @@ class DeterministicCache(CacheInterface):
         """
         backend = self._backend()
         path = Path(path)
+        # Processes dumping to one path at exit would otherwise drop each other's additions.
+        flock = locks.file_lock(path.with_name(f".{path.name}.lock"))
+        with locks.acquire_file_lock(flock, backend.settings.lock_timeout):
+            return self._merge_into(backend, path)
+
+    def _merge_into(self, backend: Backend, path: Path) -> int:
         merged: dict[str, dumpfile.DumpRecord] = {}
         if path.exists():
             for record in dumpfile.read(path):
@@ -522,7 +544,9 @@ class DeterministicCache(CacheInterface):
         exc: exceptions.ValueDecodingError,
     ) -> Any:
         backend.note_bad_entry(layer, key, exc)
-        raise type(exc)(f"{layer.name} entry {key.callee}/{key.digest}: {exc}") from exc
+        named = exceptions.ValueDecodingError.__new__(type(exc))
+        Exception.__init__(named, f"{layer.name} entry {key.callee}/{key.digest}: {exc}")
+        raise named from exc
 
     def _lookup(self, backend: Backend, key: EntryKey) -> MemoEntry | None:
         entry = backend.memo.get(key)

@@ -241,6 +241,8 @@ class LoadResult:
     loaded: int = 0
     existing: int = 0
     oversize: int = 0
+    # One written key per node, for WAIT (REDIS_CACHE_MIN_REPLICAS) at the end.
+    wait_keys: dict[str, EntryKey] = field(default_factory=dict)
 
 
 def check_dump(path: Path) -> int:
@@ -266,9 +268,19 @@ def load(layer: RedisLayer, path: Path, progress: Progress | None = None) -> Loa
         raise dumpfile.InvalidDumpFileError(
             f"{exc}: the file changed while loading ({result.loaded} entries were loaded)"
         ) from exc
-    if result.loaded:
-        layer.wait_for_replicas()
+    for key in result.wait_keys.values():  # one per node: WAIT covers a node's writes
+        layer.wait_for_replicas(key)
     return result
+
+
+def _node_of(layer: RedisLayer, key: EntryKey) -> str:
+    """The node holding ``key`` (always the one primary outside a cluster)."""
+    if layer.settings.min_replicas <= 0:
+        return ""
+    client = layer.client()
+    if hasattr(client, "get_node_from_key"):
+        return str(client.get_node_from_key(layer.value_key(key)).name)
+    return ""
 
 
 def _load_records(
@@ -277,6 +289,10 @@ def _load_records(
     records = _fitting(dumpfile.iterate(path), layer.settings.max_value_bytes, result)
     for batch in _record_batches(records):
         written = pipelined(layer, "SET NX", batch, lambda pipe, r: _set_nx(layer, pipe, r))
+        for was_written, record in zip(written, batch, strict=True):
+            if was_written:
+                key = EntryKey(record.callee, record.digest)
+                result.wait_keys.setdefault(_node_of(layer, key), key)
         loaded = sum(1 for w in written if w)
         result.loaded += loaded
         result.existing += len(batch) - loaded

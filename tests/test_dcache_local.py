@@ -203,3 +203,24 @@ def test_bad_deterministic_setting_is_named_by_dcache_only(tmp_path: Path) -> No
     assert "'yes'" in str(info.value)
     fcache = redis_cache.FastCache(settings)
     assert fcache.get(kernel, ((1,), {})) is None  # fcache keeps working
+
+
+def test_concurrent_dumps_to_one_path_keep_every_entry(tmp_path: Path) -> None:
+    dump = tmp_path / "dump.rcd"
+    caches = []
+    for i in range(6):
+        cache = det(tmp_path / f"m{i}")
+        cache.insert(kernel, ((i,), {}), (i, "kernel"))
+        caches.append(cache)
+    barrier = threading.Barrier(len(caches))
+
+    def dump_it(cache: DeterministicCache) -> None:
+        barrier.wait()
+        cache.dump(dump)
+
+    threads = [threading.Thread(target=dump_it, args=(c,)) for c in caches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(dumpfile.read(dump)) == 6

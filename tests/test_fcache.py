@@ -13,7 +13,7 @@ from support import make_settings, rich_value
 
 import redis_cache
 from redis_cache import exceptions
-from redis_cache.interfaces import FastCache
+from redis_cache.interfaces import DeterministicCache, FastCache
 from redis_cache.layers import EntryKey
 
 
@@ -335,3 +335,22 @@ def test_an_unreadable_entry_below_is_computed_once_per_process(tmp_path: Path) 
     assert [wrapped(1, k=1) for _ in range(3)] == ["ours"] * 3
     assert calls == [1]
     assert ours.stats().unverified_entries == 1
+
+
+def test_a_broken_disk_layer_degrades_fcache_and_fails_dcache(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("the disk layer cannot live under a file")
+    cache = FastCache(make_settings(not_a_dir))
+
+    @cache.record()
+    def f(x: int, k: int = 0) -> int:
+        return x
+
+    assert [f(1, k=0), f(1, k=0)] == [1, 1]
+    assert cache.stats().disk_errors >= 1
+    assert cache.stats().computations == 1  # the memo still serves
+
+    d = DeterministicCache(make_settings(not_a_dir, deterministic=True))
+    with pytest.raises(exceptions.SystemError) as info:
+        d.record()(f.__wrapped__)(2)  # type: ignore[attr-defined]
+    assert isinstance(info.value, (exceptions.DiskLayerError, exceptions.FileLockTimeoutError))

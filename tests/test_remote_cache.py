@@ -422,3 +422,50 @@ def test_a_client_that_cannot_be_built_fails_open_for_fcache(tmp_path: Path) -> 
     with pytest.raises(exceptions.RemoteUnavailableError) as info:
         dcache.get(kernel, ((1,), {}))
     assert "missing-ca.pem" in str(info.value) or "CA" in str(info.value)
+
+
+def test_fcache_and_dcache_entries_live_in_separate_key_spaces(machines: Machines) -> None:
+    f = machines.fcache(ttl=60)
+    f.insert(kernel, ((1,), {}), (1, "raced fcache value with a TTL"))
+    d = machines.dcache()
+    assert d.get(kernel, ((1,), {})) is None  # never adopts an evictable, raced entry
+    assert d.record()(kernel)(1) == (1, "kernel")
+    assert f.get(kernel, ((1,), {})) == redis_cache.Hit((1, "raced fcache value with a TTL"))
+
+
+def test_min_replicas_waits_for_the_replica_and_fails_closed_without_it(
+    tmp_path: Path, fresh_redis_server: RedisServer
+) -> None:
+    with RedisServer(config=[f"replicaof 127.0.0.1 {fresh_redis_server.port}"]) as replica:
+        deadline = time.monotonic() + 10
+        while "online" not in fresh_redis_server.info("replication").get("slave0", ""):
+            assert time.monotonic() < deadline, "replica never came online"
+            time.sleep(0.05)
+        common = {"url": fresh_redis_server.url, "deterministic": True, "determinism": "global",
+                  "min_replicas": 1, "socket_timeout": 0.5, "retry_deadline": 1.0}
+        d = DeterministicCache(make_settings(tmp_path / "a", **common))
+        assert d.record()(kernel)(1) == (1, "kernel")
+        assert replica.client().exists(value_key(d, kernel, ((1,), {}))) == 1
+        replica.pause()
+        try:
+            d2 = DeterministicCache(make_settings(tmp_path / "b", **common))
+            with pytest.raises(exceptions.RemoteUnavailableError) as info:
+                d2.record()(kernel)(2)
+            assert "REDIS_CACHE_MIN_REPLICAS=1" in str(info.value)
+        finally:
+            replica.resume()
+
+
+def test_single_flight_fcache_keeps_oversize_results_local(
+    machines: Machines, redis_server: RedisServer
+) -> None:
+    big = os.urandom(4000)
+
+    def produce(x: int) -> bytes:
+        return big
+
+    f = machines.fcache(single_flight=True, max_value_bytes=1000)
+    assert f.record()(produce)(1) == big
+    assert redis_server.client().exists(value_key(f, produce, ((1,), {}))) == 0
+    assert f.record()(produce)(1) == big
+    assert f.stats().computations == 1

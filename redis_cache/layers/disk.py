@@ -13,6 +13,7 @@ import os
 import secrets
 from pathlib import Path
 
+from .. import exceptions
 from .base import EntryKey, Layer
 
 FORMAT_DIR = "v1"
@@ -42,8 +43,18 @@ class DiskLayer(Layer[bytes]):
                 return f.read()
         except (FileNotFoundError, NotADirectoryError):  # removed since the check
             return None
+        except OSError as exc:
+            raise exceptions.DiskLayerError(f"disk layer: reading {path} failed: {exc}") from exc
 
     def insert(self, key: EntryKey, item: bytes) -> bool:
+        try:
+            return self._insert(key, item)
+        except OSError as exc:  # disk full, read-only, permissions
+            raise exceptions.DiskLayerError(
+                f"disk layer: writing an entry under {self.root} failed: {exc}"
+            ) from exc
+
+    def _insert(self, key: EntryKey, item: bytes) -> bool:
         final = self.path(key)
         directory = os.path.dirname(final)
         tmp = f"{directory}/.tmp-{os.getpid()}-{secrets.token_hex(6)}"
@@ -69,7 +80,7 @@ class DiskLayer(Layer[bytes]):
         aside = f"{final}.discard-{os.getpid()}-{secrets.token_hex(6)}"
         try:
             os.rename(final, aside)
-        except FileNotFoundError:
+        except OSError:  # gone already, or not ours to remove: nothing repaired
             return False
         try:
             with open(aside, "rb") as f:

@@ -146,7 +146,7 @@ class RedisLayer(Layer[bytes]):
         with self.translated("SET NX"):
             written = bool(client.set(self.value_key(key), item, nx=True, ex=ttl or None))
         if written:
-            self.wait_for_replicas()
+            self.wait_for_replicas(key)
         return written
 
     def discard(self, key: EntryKey, expected: bytes) -> bool:
@@ -181,14 +181,27 @@ class RedisLayer(Layer[bytes]):
                 f"layer stores at most REDIS_CACHE_MAX_VALUE_BYTES={limit}"
             )
 
-    def wait_for_replicas(self) -> None:
+    def wait_for_replicas(self, key: EntryKey) -> None:
+        """Block until ``REDIS_CACHE_MIN_REPLICAS`` replicas hold all writes to ``key``'s node.
+
+        WAIT counts what replicas acknowledged of *its own connection's* writes, and a
+        pooled client may have written the entry on another connection. Replication is
+        ordered per node, so a small write followed by WAIT in one pipeline (one
+        connection, the slot's node on a cluster) covers the entry, whoever sent it.
+        """
         wanted = self.settings.min_replicas
         if wanted <= 0:
             return
         client = self.client()
+        value_key = self.value_key(key)
         timeout_ms = int(self.settings.socket_timeout * 1000 * 0.8)
         with self.translated("WAIT"):
-            acknowledged = int(client.wait(wanted, timeout_ms))
+            if hasattr(client, "get_node_from_key"):
+                client = client.get_node_from_key(value_key).redis_connection
+            pipe = client.pipeline(transaction=False)
+            pipe.set(f"{value_key}:wait", b"1", px=max(1000, 2 * timeout_ms))
+            pipe.wait(wanted, timeout_ms)
+            acknowledged = int(pipe.execute()[-1])
         if acknowledged < wanted:
             raise RemoteError(
                 f"redis at {self.settings.server_name}: only {acknowledged} of "
@@ -328,6 +341,11 @@ class FailOpenRemote(Layer[bytes]):
         sync = SyncRemote(self.layer, self.stats, deadline=0.0, ttl=self.layer.settings.ttl)
         try:
             return sync.single_flight(key, compute_blob)
+        except (exceptions.LockTimeoutError, exceptions.ValueTooLargeError) as exc:
+            # Waited too long, or the result cannot be shared: fail open to local.
+            logger.info("single flight for %s/%s: %s; computing locally", key.callee,
+                        key.digest, exc)
+            return None
         except exceptions.RemoteUnavailableError as exc:
             self.stats.remote_errors += 1
             if self.breaker.record_failure():
@@ -405,10 +423,10 @@ class SyncRemote(Layer[bytes]):
             if existing is not None:
                 return existing
             lease = self.retrying(functools.partial(self.layer.lease, key), "connect")
-            remaining = max(0.0, started + settings.lock_timeout - time.monotonic())
+            deadline = started + settings.lock_timeout
             try:
                 acquired = self.retrying(
-                    functools.partial(self._acquire, lease, remaining, keys.value),
+                    functools.partial(self._acquire, lease, deadline, keys.value),
                     "lock acquisition",
                 )
             except exceptions.DistributedLockTimeoutError as exc:
@@ -424,10 +442,11 @@ class SyncRemote(Layer[bytes]):
             if blob is not None:
                 return blob
 
-    def _acquire(self, lease: LeaseLock, timeout: float, value_key: str) -> bool:
+    def _acquire(self, lease: LeaseLock, deadline: float, value_key: str) -> bool:
         client = self.layer.client()
         with self.layer.translated("lock acquisition"):
             waited_from = time.monotonic()
+            timeout = max(0.0, deadline - waited_from)  # a retry must not restart the clock
             acquired = lease.acquire(timeout, until=lambda: bool(client.exists(value_key)))
             waited = time.monotonic() - waited_from
         if acquired:
@@ -462,7 +481,7 @@ class SyncRemote(Layer[bytes]):
             outcome = CommitResult.EXISTED
         if outcome is CommitResult.WRITTEN:
             self.stats.inserts += 1
-            self.retrying(self.layer.wait_for_replicas, "WAIT")
+            self.retrying(functools.partial(self.layer.wait_for_replicas, key), "WAIT")
             return blob
         if outcome is CommitResult.EXISTED:
             self.stats.insert_conflicts += 1
