@@ -87,11 +87,16 @@ def _url_options(url: str) -> tuple[str, dict[str, Any]]:
     Error texts name parameters and parts, never values: a malformed URL may have a
     password fragment wherever urllib thinks the port or query is.
     """
+    # Errors are raised outside the except blocks: `from None` only hides the
+    # original exception, whose text may quote part of a password, and keeps it
+    # reachable as __context__.
     try:
-        parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a non-numeric or out-of-range port
+        parts: urllib.parse.SplitResult | None = urllib.parse.urlsplit(url)
+        parts.port  # type: ignore[union-attr]  # noqa: B018 - raises ValueError for a bad port
     except ValueError:
-        raise _Invalid("REDIS_CACHE_URL has an invalid host or port") from None
+        parts = None
+    if parts is None:
+        raise _Invalid("REDIS_CACHE_URL has an invalid host or port")
     scheme = parts.scheme.lower()
     if scheme not in ("redis", "rediss", "unix"):
         raise _Invalid("REDIS_CACHE_URL must start with redis://, rediss:// or unix://")
@@ -104,11 +109,14 @@ def _url_options(url: str) -> tuple[str, dict[str, Any]]:
             raise _Invalid(
                 f"REDIS_CACHE_URL has unsupported {shown} (supported: {', '.join(sorted(allowed))})"
             )
+    problem = None
     try:
         options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
     except ValueError as exc:
         # redis-py's own messages name the parameter only ("Invalid value for 'db' ...").
-        raise _Invalid(f"REDIS_CACHE_URL is invalid: {exc}") from None
+        problem = str(exc)
+    if problem is not None:
+        raise _Invalid(f"REDIS_CACHE_URL is invalid: {problem}")
     return scheme, options
 
 

@@ -64,7 +64,7 @@ def _records(f: BinaryIO, name: str) -> Iterator[DumpRecord]:
         raise InvalidDumpFileError(f"{name} is not a redis_cache dump (bad magic line)")
     unpacker = msgpack.Unpacker(f, raw=False, max_buffer_size=1 << 31)
     packer = msgpack.Packer(use_bin_type=True)
-    count, crc, trailer = 0, 0, None
+    count, crc, trailer, trailer_end = 0, 0, None, 0
     try:
         for item in unpacker:
             if trailer is not None or not isinstance(item, list) or len(item) != 3:
@@ -72,6 +72,7 @@ def _records(f: BinaryIO, name: str) -> Iterator[DumpRecord]:
             first, second, third = item
             if first is None and isinstance(second, int) and isinstance(third, int):
                 trailer = (second, third)
+                trailer_end = len(MAGIC) + unpacker.tell()
                 continue
             if not (
                 isinstance(first, str) and isinstance(second, str) and isinstance(third, bytes)
@@ -84,6 +85,9 @@ def _records(f: BinaryIO, name: str) -> Iterator[DumpRecord]:
         raise InvalidDumpFileError(f"{name} is corrupt: {exc}") from exc
     if trailer is None:
         raise InvalidDumpFileError(f"{name} is truncated (no trailer)")
+    # The unpacker stops silently at an incomplete object at the end of the file.
+    if trailer_end != f.seek(0, os.SEEK_END):
+        raise InvalidDumpFileError(f"{name} has data after its trailer")
     if trailer != (count, crc):
         raise InvalidDumpFileError(f"{name} failed its checksum: corrupt or edited")
 

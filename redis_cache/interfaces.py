@@ -472,10 +472,14 @@ class DeterministicCache(CacheInterface):
 
     def _build(self, settings: config.Settings) -> Backend:
         backend = Backend(settings, self._stats, self.name)
-        if settings.determinism == "global" and settings.strict != "prepopulated":
-            backend.require_strong_consistency()
-        if settings.prepopulate is not None:
-            self._prepopulate(backend, settings.prepopulate)
+        try:
+            if settings.determinism == "global" and settings.strict != "prepopulated":
+                backend.require_strong_consistency()
+            if settings.prepopulate is not None:
+                self._prepopulate(backend, settings.prepopulate)
+        except BaseException:
+            backend.close()  # its client and publisher thread; the next call builds anew
+            raise
         if settings.dump_at_exit is not None:
             _dump_at_exit(self, settings.dump_at_exit)
         return backend

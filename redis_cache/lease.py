@@ -101,9 +101,16 @@ ACQUIRE_LUA = """
 --         a wake-up token was waiting (the previous holder released or committed); the
 --         token is deleted because waiters must block again while the lock is held.
 -- Held:   {0, pttl_ms, holder_fence} (pttl -1: the lock has no expiry, set by hand).
+-- A lock already holding ARGV[1] is ours: an earlier attempt took it and its reply was
+-- lost. It is renewed and reported taken, so a retry does not wait out our own lease.
 local holder = redis.call('GET', KEYS[1])
 if holder then
-  return {0, redis.call('PTTL', KEYS[1]), tonumber(string.match(holder, ':(%d+)$')) or 0}
+  local holder_fence = tonumber(string.match(holder, ':(%d+)$')) or 0
+  if string.sub(holder, 1, #ARGV[1] + 1) == ARGV[1] .. ':' then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return {1, holder_fence, 0}
+  end
+  return {0, redis.call('PTTL', KEYS[1]), holder_fence}
 end
 local fence = redis.call('INCR', KEYS[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
@@ -341,6 +348,8 @@ class LeaseLock:
         self.max_block = float(max_block)
         self.stats = stats
         self.token: str = secrets.token_hex(16)
+        self._next_token: str = secrets.token_hex(16)
+        self._token_pid = os.getpid()
         self._clock = clock
         self._sleep = sleep
         self._scripts = _scripts_for(client)
@@ -388,7 +397,11 @@ class LeaseLock:
             if not hold.lost:
                 raise RuntimeError(f"{self!r} is already held; release or commit first")
             self._finish(hold)
-        token = secrets.token_hex(16)
+        # One token per acquisition, kept across attempts until one succeeds: a retry
+        # after a lost reply then finds the lock holding it and knows it is ours.
+        if self._token_pid != os.getpid():  # a forked child must never share our token
+            self._next_token, self._token_pid = secrets.token_hex(16), os.getpid()
+        token = self._next_token
         reply = self._scripts.acquire(
             keys=[self.keys.lock, self.keys.fence, self.keys.signal],
             args=[token, self._lease_ms, self._fence_ttl_ms],
@@ -398,6 +411,7 @@ class LeaseLock:
             pttl = math.inf if first < 0 else first / 1000.0
             return _Attempt(acquired=False, fence=second, pttl=pttl, clean=False)
         self.token = token
+        self._next_token = secrets.token_hex(16)
         hold = _Hold(owner=f"{token}:{first}", fence=first, pid=os.getpid())
         self._hold = hold
         self._count("acquisitions")

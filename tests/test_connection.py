@@ -525,3 +525,16 @@ def test_fork_while_other_threads_use_the_client(redis_server: RedisServer, name
             worker.join()
         provider.close()
     assert not errors
+
+
+def test_no_password_fragment_hides_in_the_exception_chain() -> None:
+    # urllib reads "Xq7" as the port of "u:Xq7" and its ValueError quotes it.
+    settings = settings_for("redis://u:Xq7/Zz?Kk#Yw@127.0.0.1:6390/0")
+    error: BaseException | None = unavailable(settings)
+    seen = 0
+    while error is not None:
+        seen += 1
+        for fragment in ("Xq7", "Zz", "Kk", "Yw"):
+            assert fragment not in str(error)
+        error = error.__cause__ or error.__context__
+    assert seen >= 1
