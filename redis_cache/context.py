@@ -78,6 +78,11 @@ def _inductor_configs() -> Any:
         return None
     from torch._inductor import config  # noqa: PLC0415
 
+    get_hash = getattr(config, "get_hash", None)
+    if get_hash is not None:
+        # Inductor's own digest of its settings, cached until one changes: the same
+        # settings its compile caches key on, for microseconds instead of a full dump.
+        return get_hash().hex()
     return config.save_config_portable(ignore_private_configs=False)
 
 
@@ -200,8 +205,14 @@ def _schema_forms(ischema: IsolationSchema | None) -> tuple[tuple[str, ...], tup
 def isolation_context(ischema: IsolationSchema | None = None) -> dict[str, Any]:
     """The selected forms and their current values, ``None`` for an empty selection."""
     runtime, compile_ = _schema_forms(ischema)
+    return _context(runtime, compile_, {f: _FORMS[f]() for f in runtime})
+
+
+def _context(
+    runtime: tuple[str, ...], compile_: tuple[str, ...], runtime_values: dict[str, Any]
+) -> dict[str, Any]:
     return {
-        "runtime_context": {f: _FORMS[f]() for f in runtime} or None,
+        "runtime_context": runtime_values or None,
         "compile_context": {f: _FORMS[f]() for f in compile_} or None,
     }
 
@@ -221,13 +232,31 @@ def isolation_key(ischema: IsolationSchema | None = None) -> str:
     cached = _static_keys.get(forms)
     if cached is not None:
         return cached
-    key = _digest(isolation_context(ischema))
-    if not (forms[0] and _importable("torch")):
-        _static_keys[forms] = key
+    runtime, compile_ = forms
+    values = {f: _FORMS[f]() for f in runtime}
+    if not (runtime and _importable("torch")):
+        static = _static_keys[forms] = _digest(_context(runtime, compile_, values))
+        return static
+    # Runtime forms can change between calls: read them (cheap), and hash the whole
+    # context only for a combination not seen before.
+    fingerprint = (forms, tuple(_hashable(v) for v in values.values()))
+    key = _varying_keys.get(fingerprint)
+    if key is None:
+        key = _digest(_context(runtime, compile_, values))
+        if len(_varying_keys) >= _VARYING_KEYS_MAX:
+            _varying_keys.clear()
+        _varying_keys[fingerprint] = key
     return key
 
 
+def _hashable(value: Any) -> Any:
+    """Form values are flat dicts of scalars or strings: their values in order identify them."""
+    return tuple(value.values()) if type(value) is dict else value
+
+
 _static_keys: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
+_VARYING_KEYS_MAX = 1024
+_varying_keys: dict[tuple[tuple[tuple[str, ...], tuple[str, ...]], tuple[Any, ...]], str] = {}
 
 
 def runtime_varies(ischema: IsolationSchema | None = None) -> bool:

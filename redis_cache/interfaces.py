@@ -201,7 +201,7 @@ class CacheInterface(ABC):
         fast = _FastMap()
         self._fast_maps.add(fast)
         fast_values = fast.values
-        use_fast = not keyer.varies
+        varies = keyer.varies
         fast_types = _FAST_TYPES
         stats = self._stats
 
@@ -209,7 +209,8 @@ class CacheInterface(ABC):
             backend = self._backend()
             if not backend.settings.enabled:
                 return fn(*args, **kwargs)
-            key = self._key(fn, (args, kwargs), keyer(), params_encoder)
+            isolation = keyer()
+            key = self._key(fn, (args, kwargs), isolation, params_encoder)
             entry = self._lookup(backend, key)
             if entry is not None:
                 value = result_decoder(entry.value) if result_decoder else entry.value
@@ -217,9 +218,30 @@ class CacheInterface(ABC):
                 value = self._compute(
                     backend, key, lambda: fn(*args, **kwargs), result_encoder, result_decoder
                 )
-            if use_fast and not kwargs and _fast_key(args) is not None:
-                fast_values[args] = value
+            if not kwargs and _fast_key(args) is not None:
+                fast_values[(isolation, args) if varies else args] = value
             return cast(R, value)
+
+        if varies:
+            # torch is installed: its runtime settings are part of the key and may change
+            # between calls, so the fast path keys on the current isolation key too.
+            @wraps(fn)
+            def varying_wrapper(*args: Any, **kwargs: Any) -> R:
+                if not kwargs:
+                    try:
+                        value = fast_values[(keyer(), args)]
+                    except (KeyError, TypeError):
+                        pass
+                    else:
+                        for arg in args:
+                            if type(arg) not in fast_types:
+                                break
+                        else:
+                            stats.memo_hits += 1
+                            return value  # type: ignore[no-any-return]
+                return slow(args, kwargs)
+
+            return varying_wrapper
 
         @wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> R:

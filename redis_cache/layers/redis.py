@@ -410,7 +410,7 @@ class SyncRemote(Layer[bytes]):
     def single_flight(self, key: EntryKey, compute_blob: Callable[[], bytes]) -> bytes:
         """Return the entry's first-written envelope, computing it here if no one has.
 
-        memo and GET happened already; take the lease, re-check, compute, and write
+        The caller's memo and GET missed just now; take the lease, re-check, compute, and write
         value + release + wake-up in one script. Waiters block on the wake-up
         signal, bounded by the lock's remaining lease, so a dead holder's lease
         runs out and one waiter takes over.
@@ -418,8 +418,11 @@ class SyncRemote(Layer[bytes]):
         settings = self.layer.settings
         started = time.monotonic()
         keys = self.layer.entry_keys(key)
+        first = True
         while True:
-            existing = self.get(key)
+            # The caller's lookup has just missed: skip that GET on the first round.
+            existing = None if first else self.get(key)
+            first = False
             if existing is not None:
                 return existing
             lease = self.retrying(functools.partial(self.layer.lease, key), "connect")
