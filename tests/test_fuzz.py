@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from redis_cache import codec, dumpfile, exceptions, keys
-from redis_cache.codec import Codec
+from redis_cache.codec import Codec, unsigned_tag
 
 FUZZ_EXAMPLES = int(os.environ.get("REDIS_CACHE_FUZZ_EXAMPLES", "10000"))
 settings.register_profile(
@@ -426,10 +426,10 @@ def test_decoding_random_bytes_raises_only_decoding_errors(blob: bytes) -> None:
 def test_garbage_behind_a_valid_checksum_raises_only_decoding_errors(
     codec_id: int, flags: int, payload: bytes, raw_length: int
 ) -> None:
-    """A correct CRC lets the garbage through to zlib, zstd and msgpack."""
+    """A correct checksum lets the garbage through to zlib, zstd and msgpack."""
     for length in (len(payload), raw_length):
         header = struct.pack(">2sBBBQ", b"RC", 1, codec_id, flags, length)
-        tag = struct.pack(">I", zlib.crc32(payload, zlib.crc32(header, zlib.crc32(KEY))))
+        tag = unsigned_tag(KEY, header, payload)
         blob = header + tag + payload
         assert decode_only_decoding_errors(Codec(), KEY, blob) or codec_id != codec.CODEC_PICKLE
 
@@ -441,7 +441,7 @@ def test_damaged_envelopes_raise_only_decoding_errors(
 ) -> None:
     x = value_from(data, extras=c.signed)
     blob = c.encode(KEY, x)
-    # Any single changed byte is caught (CRC-32 catches every burst up to 32 bits).
+    # Any single changed byte is caught (XXH3-64: a miss has probability 2**-64).
     i = draw.draw(st.integers(min_value=0, max_value=len(blob) - 1), label="position")
     flip = draw.draw(st.integers(min_value=1, max_value=255), label="xor")
     assert decode_only_decoding_errors(c, KEY, blob[:i] + bytes([blob[i] ^ flip]) + blob[i + 1 :])
@@ -466,12 +466,12 @@ def test_damaged_envelopes_raise_only_decoding_errors(
 @MUTATIONS
 @given(TAPES, st.data())
 def test_unsigned_pickles_are_never_loaded(data: bytes, draw: st.DataObject) -> None:
-    """A planted pickle with a valid CRC is refused by every codec, before pickle sees it."""
+    """A planted pickle with a valid checksum is refused by every codec, before pickle sees it."""
     payload = pickle.dumps(value_from(data, extras=True))
     flags = draw.draw(st.sampled_from([0, codec.FLAG_ZLIB]))
     stored = zlib.compress(payload) if flags else payload
     header = struct.pack(">2sBBBQ", b"RC", 1, codec.CODEC_PICKLE, flags, len(payload))
-    tag = struct.pack(">I", zlib.crc32(stored, zlib.crc32(header, zlib.crc32(KEY))))
+    tag = unsigned_tag(KEY, header, stored)
     for c in CODECS:
         with pytest.raises(exceptions.ValueDecodingError):
             c.decode(KEY, header + tag + stored)
@@ -480,7 +480,7 @@ def test_unsigned_pickles_are_never_loaded(data: bytes, draw: st.DataObject) -> 
 def test_deeply_nested_msgpack_behind_a_valid_checksum_is_refused() -> None:
     for payload in (b"\x91" * 200_000 + b"\xc0", b"\x81\xc0" * 100_000 + b"\xc0"):
         header = struct.pack(">2sBBBQ", b"RC", 1, codec.CODEC_MSGPACK, 0, len(payload))
-        tag = struct.pack(">I", zlib.crc32(payload, zlib.crc32(header, zlib.crc32(KEY))))
+        tag = unsigned_tag(KEY, header, payload)
         with pytest.raises(exceptions.ValueDecodingError):
             Codec().decode(KEY, header + tag + payload)
 

@@ -12,7 +12,6 @@ import os
 import pickle
 import struct
 import time
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from support import (
 
 import redis_cache
 from redis_cache import context, exceptions
+from redis_cache.codec import unsigned_tag
 from redis_cache.interfaces import CacheInterface, DeterministicCache, FastCache
 
 pytestmark = pytest.mark.real_redis
@@ -175,7 +175,7 @@ def planted_pickle(kid: bytes, marker: Path, *, signed_with: bytes | None = None
     if signed_with:
         tag = hmac.new(signed_with, kid + header + payload, hashlib.sha256).digest()
     else:
-        tag = struct.pack(">I", zlib.crc32(payload, zlib.crc32(header, zlib.crc32(kid))))
+        tag = unsigned_tag(kid, header, payload)
     return header + tag + payload
 
 

@@ -1,7 +1,7 @@
 """Who may put what into the cache, and what never leaks out of it.
 
 - Nothing read from Redis or disk is unpickled without a valid HMAC made with our
-  secret: planted pickles (unsigned with a valid CRC, or signed with another key)
+  secret: planted pickles (unsigned with a valid checksum, or signed with another key)
   never run, for fcache and dcache, with and without a secret.
 - Oversize values are refused by the remote layer (dcache raises, fcache keeps
   them local and counts them).
@@ -21,7 +21,6 @@ import os
 import pickle
 import struct
 import traceback
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from support import make_settings
 
 import redis_cache
 from redis_cache import config, context, exceptions
-from redis_cache.codec import Codec
+from redis_cache.codec import Codec, unsigned_tag
 from redis_cache.interfaces import CacheInterface, DeterministicCache, FastCache
 
 SECRET = b"our-fleet-secret-7f3a9c2e51"
@@ -70,7 +69,7 @@ def exploit_envelope(key_id: bytes, marker: Path, *, signed_with: bytes | None) 
     if signed_with:
         tag = hmac.new(signed_with, key_id + header + payload, hashlib.sha256).digest()
     else:
-        tag = struct.pack(">I", zlib.crc32(payload, zlib.crc32(header, zlib.crc32(key_id))))
+        tag = unsigned_tag(key_id, header, payload)
     return header + tag + payload
 
 
@@ -114,7 +113,7 @@ def test_the_planted_pickle_would_run_if_loaded(tmp_path: Path) -> None:
     """Control: the marker below really is created when the payload is unpickled."""
     marker = tmp_path / "pwned"
     blob = exploit_envelope(b"k", marker, signed_with=None)
-    pickle.loads(blob[13 + 4 :]).close()
+    pickle.loads(blob[13 + 8 :]).close()
     assert marker.exists()
 
 
@@ -122,7 +121,7 @@ LAYERS = [pytest.param("redis", marks=pytest.mark.real_redis), "disk"]
 
 
 @pytest.mark.parametrize("layer", LAYERS)
-@pytest.mark.parametrize("signed_with", [None, OTHER_SECRET], ids=["unsigned-crc", "wrong-key"])
+@pytest.mark.parametrize("signed_with", [None, OTHER_SECRET], ids=["unsigned", "wrong-key"])
 @pytest.mark.parametrize("secret", [None, SECRET], ids=["no-secret", "secret"])
 @pytest.mark.parametrize("interface", ["fcache", "dcache"])
 def test_planted_pickle_is_never_executed(
@@ -353,7 +352,7 @@ def test_entry_copied_under_another_key_is_refused(
         assert cache.get(kernel, ((2,), {})) is None
         stats = cache.stats()
         if secret is None:
-            assert stats.corrupt_entries == 1  # CRC bound to the key: corrupt, repaired
+            assert stats.corrupt_entries == 1  # checksum bound to the key: corrupt, repaired
             assert client.exists(target) == 0
         else:
             assert stats.unverified_entries == 1  # signature bound to the key: left alone
