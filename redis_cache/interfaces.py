@@ -198,7 +198,7 @@ class CacheInterface(ABC):
         result_decoder: Callable[[Any], Any] | None,
     ) -> Callable[..., R]:
         keyer = context.IsolationKeyer(ischema)
-        fast = _FastMap()
+        fast = _FastMap()  # the wrappers below keep it alive; close() reaches it weakly
         self._fast_maps.add(fast)
         fast_values = fast.values
         varies = keyer.varies
@@ -219,7 +219,7 @@ class CacheInterface(ABC):
                     backend, key, lambda: fn(*args, **kwargs), result_encoder, result_decoder
                 )
             if not kwargs and _fast_key(args) is not None:
-                fast_values[(isolation, args) if varies else args] = value
+                fast.values[(isolation, args) if varies else args] = value
             return cast(R, value)
 
         if varies:

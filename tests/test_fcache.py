@@ -354,3 +354,21 @@ def test_a_broken_disk_layer_degrades_fcache_and_fails_dcache(tmp_path: Path) ->
     with pytest.raises(exceptions.SystemError) as info:
         d.record()(f.__wrapped__)(2)  # type: ignore[attr-defined]
     assert isinstance(info.value, (exceptions.DiskLayerError, exceptions.FileLockTimeoutError))
+
+
+def test_close_forgets_what_record_wrappers_memoized(tmp_path: Path) -> None:
+    cache = FastCache(make_settings(tmp_path, enabled=True))
+    calls: list[int] = []
+
+    @cache.record()
+    def f(x: int) -> int:
+        calls.append(x)
+        return x
+
+    assert [f(1), f(1)] == [1, 1]
+    cache.close()
+    for path in Path(tmp_path).rglob("*"):
+        if path.is_file():
+            path.unlink()  # and the disk: the next call must compute again
+    assert f(1) == 1
+    assert calls == [1, 1]
