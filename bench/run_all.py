@@ -197,9 +197,19 @@ def summary_markdown(
         f"redis-py {env.get('redis-py')} (hiredis {env.get('hiredis')}), redis-server "
         f"{env.get('redis-server')}, {env.get('cpus')} x {env.get('cpu', '?')}; commit "
         f"{env.get('commit')}, library sources sha256 {env.get('library_sha256')} (the tree "
-        f"as measured). Load average (1/5/15 min) before "
+        f"as measured). Load average (1/5/15 min) of this invocation before "
         f"{'/'.join(f'{x:.2f}' for x in load_before)}, after "
         f"{'/'.join(f'{x:.2f}' for x in load_after)}.",
+        "",
+        "When each benchmark was saved (1-minute load average then; the machine has 2 cores "
+        "and is shared): "
+        + "; ".join(
+            f"{name} {r['environment'].get('time', '?')[11:16]} "
+            f"({r['environment'].get('loadavg', [math.nan])[0]:.2f})"
+            for name, r in results.items()
+            if "environment" in r
+        )
+        + ".",
         "",
         "Every ratio is candidate ÷ baseline measured in the same run, timed alternately "
         "repeat by repeat; figures are medians with p10 .. p90 over repeats (ratios: median "
