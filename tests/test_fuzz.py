@@ -3,7 +3,7 @@
 Values are built from a byte tape (``st.binary``) by a small interpreter rather
 than by ``st.recursive``: Hypothesis draws and shrinks one bytes object per
 example, about ten times faster than a recursive strategy of the same shapes,
-so the round-trip properties afford ``REDIS_CACHE_FUZZ_EXAMPLES`` (default
+so the round-trip properties afford ``FUZZ_EXAMPLES`` (default
 10,000) examples each in a few seconds, and a failure still shrinks to a short
 tape, hence a small value. The other properties run a fifth of that.
 
@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 from redis_cache import codec, dumpfile, exceptions, keys
 from redis_cache.codec import Codec, unsigned_tag
 
-FUZZ_EXAMPLES = int(os.environ.get("REDIS_CACHE_FUZZ_EXAMPLES", "10000"))
+FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "10000"))
 settings.register_profile(
     "redis_cache_fuzz",
     max_examples=FUZZ_EXAMPLES,

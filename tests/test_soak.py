@@ -10,7 +10,7 @@ SIGKILL. Each worker (``support.soak_worker``) records what it got back; afterwa
   while the server is away), every key got one value in every process, and that
   value is the one Redis holds; every dcache insert that returned True is there.
 
-Run length: ``REDIS_CACHE_TEST_SOAK_SECONDS`` (default 60). Figures are printed
+Run length: ``SOAK_SECONDS`` (default 60). Figures are printed
 and written to ``bench/results/soak.json``.
 """
 
@@ -41,7 +41,7 @@ pytestmark = [pytest.mark.real_redis, pytest.mark.slow]
 
 SPAWN = multiprocessing.get_context("spawn")
 WORKERS = 8
-SOAK_SECONDS = float(os.environ.get("REDIS_CACHE_TEST_SOAK_SECONDS", "60"))
+SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
 DOWNTIME = 1.0
 RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results" / "soak.json"
 
