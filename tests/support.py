@@ -8,12 +8,17 @@ atomic for short lines), so tests count computations across processes.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import json
 import os
+import pickle
+import struct
 import time
 from pathlib import Path
 from typing import Any
 
+from redis_cache.codec import unsigned_tag
 from redis_cache.config import Settings
 
 LEDGER_ENV = "REDIS_CACHE_TEST_LEDGER"
@@ -367,3 +372,22 @@ def soak_worker(
         "stats": stats,
     }
     Path(out_path).write_text(json.dumps(report))
+
+
+def exploit_envelope(
+    key_id: bytes, marker: Path, *, signed_with: bytes | None = None
+) -> bytes:
+    """A well-formed pickle envelope whose loading would create ``marker``."""
+
+    class Exploit:
+        def __reduce__(self) -> Any:
+            return (open, (str(marker), "w"))
+
+    payload = pickle.dumps(Exploit())
+    flags = 0x04 if signed_with else 0
+    header = struct.pack(">2sBBBQ", b"RC", 1, 2, flags, len(payload))
+    if signed_with:
+        tag = hmac.new(signed_with, key_id + header + payload, hashlib.sha256).digest()
+    else:
+        tag = unsigned_tag(key_id, header, payload)
+    return header + tag + payload

@@ -5,12 +5,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import multiprocessing
 import os
-import pickle
-import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +18,7 @@ from support import (
     LEDGER_ENV,
     computations,
     describe,
+    exploit_envelope,
     make_settings,
     record_and_describe,
     rich_value,
@@ -29,7 +26,6 @@ from support import (
 
 import redis_cache
 from redis_cache import context, exceptions
-from redis_cache.codec import unsigned_tag
 from redis_cache.interfaces import CacheInterface, DeterministicCache, FastCache
 
 pytestmark = pytest.mark.real_redis
@@ -162,23 +158,6 @@ def test_read_only_reads_but_never_writes(machines: Machines, redis_server: Redi
 # --------------------------------------------------------------------------- bad entries
 
 
-def planted_pickle(kid: bytes, marker: Path, *, signed_with: bytes | None = None) -> bytes:
-    """A well-formed envelope whose pickle would create ``marker`` if ever unpickled."""
-
-    class Exploit:
-        def __reduce__(self) -> Any:
-            return (open, (str(marker), "w"))
-
-    payload = pickle.dumps(Exploit())
-    flags = 4 if signed_with else 0
-    header = struct.pack(">2sBBBQ", b"RC", 1, 2, flags, len(payload))
-    if signed_with:
-        tag = hmac.new(signed_with, kid + header + payload, hashlib.sha256).digest()
-    else:
-        tag = unsigned_tag(kid, header, payload)
-    return header + tag + payload
-
-
 @pytest.mark.parametrize(
     "damage",
     [
@@ -223,7 +202,7 @@ def test_planted_pickle_is_never_executed(
     reader = machines.fcache()
     marker = tmp_path / "pwned"
     vkey = value_key(reader, kernel, ((1,), {}))
-    redis_server.client().set(vkey, planted_pickle(key_id(reader, kernel, ((1,), {})), marker))
+    redis_server.client().set(vkey, exploit_envelope(key_id(reader, kernel, ((1,), {})), marker))
     assert reader.get(kernel, ((1,), {})) is None
     assert not marker.exists()
     assert reader.stats().corrupt_entries == 1
@@ -235,7 +214,7 @@ def test_pickle_signed_with_another_secret_is_a_miss_and_left_alone(
     reader = machines.fcache(secret=b"ours-" * 8)
     marker = tmp_path / "pwned"
     vkey = value_key(reader, kernel, ((1,), {}))
-    blob = planted_pickle(key_id(reader, kernel, ((1,), {})), marker, signed_with=b"theirs-" * 8)
+    blob = exploit_envelope(key_id(reader, kernel, ((1,), {})), marker, signed_with=b"theirs-" * 8)
     redis_server.client().set(vkey, blob)
     assert reader.get(kernel, ((1,), {})) is None
     assert not marker.exists()

@@ -14,12 +14,9 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import hmac
 import logging
 import os
 import pickle
-import struct
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,11 +24,11 @@ from typing import Any
 
 import pytest
 from servers import RedisServer, free_port, require_binary
-from support import make_settings
+from support import exploit_envelope, make_settings
 
 import redis_cache
 from redis_cache import config, context, exceptions
-from redis_cache.codec import Codec, unsigned_tag
+from redis_cache.codec import Codec
 from redis_cache.interfaces import CacheInterface, DeterministicCache, FastCache
 
 SECRET = b"our-fleet-secret-7f3a9c2e51"
@@ -54,23 +51,6 @@ def value_key(cache: CacheInterface, fn: Any, x: int) -> str:
     backend = cache._backend()
     assert backend.redis is not None
     return backend.redis.value_key(entry_key(cache, fn, x))
-
-
-def exploit_envelope(key_id: bytes, marker: Path, *, signed_with: bytes | None) -> bytes:
-    """A well-formed pickle envelope whose loading would create ``marker``."""
-
-    class Exploit:
-        def __reduce__(self) -> Any:
-            return (open, (str(marker), "w"))
-
-    payload = pickle.dumps(Exploit())
-    flags = 0x04 if signed_with else 0
-    header = struct.pack(">2sBBBQ", b"RC", 1, 2, flags, len(payload))
-    if signed_with:
-        tag = hmac.new(signed_with, key_id + header + payload, hashlib.sha256).digest()
-    else:
-        tag = unsigned_tag(key_id, header, payload)
-    return header + tag + payload
 
 
 def exception_texts(exc: BaseException) -> str:
