@@ -141,9 +141,6 @@ class Backend:
                 raise exceptions.DiskLayerError(f"disk layer: cannot lock {path}: {exc}") from exc
             yield
 
-    def sync_insert(self, key: EntryKey, blob: bytes) -> bool:
-        return self.sync_layer.insert(key, blob)
-
     # -- lifecycle -----------------------------------------------------------------
 
     def after_fork_in_child(self) -> None:

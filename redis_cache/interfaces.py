@@ -15,7 +15,7 @@ import os
 import threading
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import wraps
@@ -71,7 +71,7 @@ class CacheInterface(ABC):
         self._lock = threading.Lock()
         self._stats = CacheStats()
         self._fast_maps: weakref.WeakSet[_FastMap] = weakref.WeakSet()
-        _register_for_fork(self)
+        _instances.add(self)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -620,7 +620,7 @@ class DeterministicCache(CacheInterface):
         return result_decoder(entry.value) if result_decoder else entry.value
 
     def _store(self, backend: Backend, key: EntryKey, blob: bytes, stored: Any) -> bool:
-        inserted = backend.sync_insert(key, blob)
+        inserted = backend.sync_layer.insert(key, blob)
         if inserted:
             backend.memo.insert(key, MemoEntry(stored, blob, key.callee))
             self._stats.inserts += 1
@@ -654,17 +654,9 @@ def _dump_at_exit(cache: DeterministicCache, path: Path) -> None:
 _instances: weakref.WeakSet[CacheInterface] = weakref.WeakSet()
 
 
-def _register_for_fork(cache: CacheInterface) -> None:
-    _instances.add(cache)
-
-
 def _reset_all_after_fork() -> None:
     for cache in list(_instances):
         cache._after_fork_in_child()
 
 
 os.register_at_fork(after_in_child=_reset_all_after_fork)
-
-
-def iter_interfaces() -> Iterator[CacheInterface]:
-    return iter(list(_instances))
