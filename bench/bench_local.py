@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import shutil
@@ -19,7 +18,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import PAYLOADS, Options, Row, compare, report, row_from_pair, rows_json, save
+from common import (
+    PAYLOADS,
+    Options,
+    Row,
+    command_line,
+    compare,
+    report,
+    row_from_pair,
+    rows_json,
+    save,
+)
 
 from redis_cache import context
 from redis_cache.config import Settings
@@ -115,13 +124,5 @@ def run(opts: Options) -> dict[str, list[Row]]:
     return sections
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=Options().out)
-    args = parser.parse_args()
-    run(Options(quick=args.quick, out=args.out))
-
-
 if __name__ == "__main__":
-    main()
+    command_line(run, __doc__)

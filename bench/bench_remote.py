@@ -17,7 +17,6 @@ Both sides use the same redis-py (with hiredis when installed) over loopback TCP
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import itertools
 import os
@@ -32,6 +31,7 @@ from common import (
     PAYLOADS,
     Options,
     Row,
+    command_line,
     compare,
     compare_each,
     ensure_paths,
@@ -345,13 +345,5 @@ def run(opts: Options, server: RedisServer | None = None) -> dict[str, list[Row]
     return sections
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=Options().out)
-    args = parser.parse_args()
-    run(Options(quick=args.quick, out=args.out))
-
-
 if __name__ == "__main__":
-    main()
+    command_line(run, __doc__)

@@ -17,7 +17,6 @@ first (connecting, ``CLIENT SETNAME``, loading the Lua scripts), then distinct k
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import itertools
 import shutil
@@ -36,6 +35,7 @@ from common import (
     Options,
     Row,
     Timing,
+    command_line,
     compare_each,
     ensure_paths,
     record_index,
@@ -254,13 +254,5 @@ def run(opts: Options, server: RedisServer | None = None) -> dict[str, list[Row]
     return {"roundtrips": rows}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=Options().out)
-    args = parser.parse_args()
-    run(Options(quick=args.quick, out=args.out))
-
-
 if __name__ == "__main__":
-    main()
+    command_line(run, __doc__)

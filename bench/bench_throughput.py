@@ -27,7 +27,6 @@ p10..p90 over repeats; ratios are fcache ops/s ÷ raw ops/s of the same repeat
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import multiprocessing
 import os
@@ -44,6 +43,7 @@ from common import (
     Options,
     Row,
     Timing,
+    command_line,
     ensure_paths,
     quantile,
     record_index,
@@ -367,13 +367,5 @@ def run(opts: Options, server: RedisServer | None = None) -> dict[str, list[Row]
     return {"throughput": rows}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=Options().out)
-    args = parser.parse_args()
-    run(Options(quick=args.quick, out=args.out))
-
-
 if __name__ == "__main__":
-    main()
+    command_line(run, __doc__)

@@ -17,7 +17,6 @@ redis_cache's entry file for disk hits. Ratios are comparable across the two lib
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import secrets
@@ -27,7 +26,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import PAYLOADS, Options, Row, compare, report, row_from_pair, rows_json, save
+from common import (
+    PAYLOADS,
+    Options,
+    Row,
+    command_line,
+    compare,
+    report,
+    row_from_pair,
+    rows_json,
+    save,
+)
 
 # torch reads these once (functools.cache), so before it is imported.
 _TORCH_DIR = tempfile.mkdtemp(prefix="bench-torch-")
@@ -211,13 +220,5 @@ def run(opts: Options) -> dict[str, Any]:
     return {"torch": rows}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=Options().out)
-    args = parser.parse_args()
-    run(Options(quick=args.quick, out=args.out))
-
-
 if __name__ == "__main__":
-    main()
+    command_line(run, __doc__)

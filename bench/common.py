@@ -8,6 +8,7 @@ ratio's spread is taken over the per-repeat ratios.
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import math
@@ -440,3 +441,12 @@ class Options:
     def n(self, full: int, quick: int) -> int:
         """A repeat or iteration count: ``full`` normally, ``quick`` with ``--quick``."""
         return quick if self.quick else full
+
+
+def command_line(run: Callable[[Options], object], doc: str | None) -> None:
+    """The command line every benchmark module shares: ``--quick`` and ``--out``."""
+    parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=Options().out)
+    args = parser.parse_args()
+    run(Options(quick=args.quick, out=args.out))
