@@ -1,6 +1,6 @@
 """Memo and disk hits against their baselines, measured in one run.
 
-    python bench/bench_local.py [--quick] [--out bench/results]
+    python -m bench.bench_local [--quick] [--out bench/results]
 
 1. memo hit through ``fcache.record`` vs a ``functools.lru_cache(typed=True)`` hit on
    the same function and arguments (target <= 3x). Both are timed as bare statements
@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import (
+from bench.common import (
     PAYLOADS,
     Options,
     Row,
@@ -29,7 +29,6 @@ from common import (
     rows_json,
     save,
 )
-
 from redis_cache import context
 from redis_cache.config import Settings
 from redis_cache.interfaces import FastCache

@@ -1,8 +1,8 @@
 """The Redis layer against raw redis-py on the same server, measured in one run.
 
-    python bench/bench_remote.py [--quick] [--out bench/results]
+    python -m bench.bench_remote [--quick] [--out bench/results]
 
-Starts its own redis-server on a free port (tests/servers.py), never the one on 6379.
+Starts its own redis-server on a free port (tests/support/servers.py), never the one on 6379.
 Both sides use the same redis-py (with hiredis when installed) over loopback TCP.
 
 3. remote hit (memo and disk cold) vs a raw ``GET`` of the same bytes (target <= 1.4x).
@@ -27,29 +27,24 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from common import (
+from bench.common import (
     PAYLOADS,
     Options,
     Row,
     command_line,
     compare,
     compare_each,
-    ensure_paths,
     record_index,
     report,
     row_from_pair,
     rows_json,
     save,
 )
-
-ensure_paths()
-
-from servers import RedisServer  # noqa: E402
-
-from redis_cache import context  # noqa: E402
-from redis_cache.config import Settings  # noqa: E402
-from redis_cache.interfaces import FastCache  # noqa: E402
-from redis_cache.layers import EntryKey  # noqa: E402
+from redis_cache import context
+from redis_cache.config import Settings
+from redis_cache.interfaces import FastCache
+from redis_cache.layers import EntryKey
+from tests.support.servers import RedisServer
 
 
 def kernel(label: str, i: int) -> bytes:

@@ -1,6 +1,6 @@
 """Redis round trips of one uncontended dcache miss+record, and its time vs raw redis-py.
 
-    python bench/bench_roundtrips.py [--quick] [--out bench/results]
+    python -m bench.bench_roundtrips [--quick] [--out bench/results]
 
 Round trips are counted on the client: every ``send_packed_command`` of a redis-py
 connection made by the calling thread is one write followed by reading its replies,
@@ -31,26 +31,22 @@ from typing import Any
 
 import redis
 import redis.connection
-from common import (
+
+from bench.common import (
     Options,
     Row,
     Timing,
     command_line,
     compare_each,
-    ensure_paths,
     record_index,
     report,
     row_from_pair,
     rows_json,
     save,
 )
-
-ensure_paths()
-
-from servers import RedisServer  # noqa: E402
-
-from redis_cache.config import Settings  # noqa: E402
-from redis_cache.interfaces import DeterministicCache, FastCache  # noqa: E402
+from redis_cache.config import Settings
+from redis_cache.interfaces import DeterministicCache, FastCache
+from tests.support.servers import RedisServer
 
 VALUE = b"v" * 100
 NAMESPACE = "bench-rt"

@@ -1,6 +1,6 @@
 """Stampede: how fast waiters wake up when the one computing worker commits.
 
-    python bench/bench_stampede.py [--quick] [--out bench/results] [--waiters 16]
+    python -m bench.bench_stampede [--quick] [--out bench/results] [--waiters 16]
 
 ``waiters + 1`` spawned processes (each its own disk dir) meet on a barrier and call
 ``dcache.record`` (global determinism) on the same missing key; one takes the lease
@@ -34,11 +34,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from common import Options, Row, Timing, ensure_paths, quantile, report, rows_json, save
-
-ensure_paths()
-
-from servers import RedisServer  # noqa: E402
+from bench.common import Options, Row, Timing, quantile, report, rows_json, save
+from tests.support.servers import RedisServer
 
 NAMESPACE = "bench-stampede"
 COMPUTE_SECONDS = 0.3

@@ -1,6 +1,6 @@
 """Throughput with 1, 2, 4 and 8 spawned worker processes at a 90 % hit rate.
 
-    python bench/bench_throughput.py [--quick] [--out bench/results]
+    python -m bench.bench_throughput [--quick] [--out bench/results]
 
 Every worker is its own "machine": its own disk dir. All workers run the same schedule
 of timed windows, started together on a barrier; the modes alternate window by window
@@ -39,22 +39,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from common import (
+from bench.common import (
     Options,
     Row,
     Timing,
     command_line,
-    ensure_paths,
     quantile,
     record_index,
     report,
     rows_json,
     save,
 )
-
-ensure_paths()
-
-from servers import RedisServer  # noqa: E402
+from tests.support.servers import RedisServer
 
 PROCESS_COUNTS = (1, 2, 4, 8)
 MODES = ("raw", "fcache", "fcache-cold")

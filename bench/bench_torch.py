@@ -1,6 +1,6 @@
 """redis_cache side by side with PyTorch Inductor's own memoizers, where torch imports.
 
-    /tmp/venv-torch/bin/python bench/bench_torch.py [--quick] [--out bench/results]
+    /tmp/venv-torch/bin/python -m bench.bench_torch [--quick] [--out bench/results]
 
 (``run_all.py`` runs this file with the interpreter given by ``--torch-python``, the
 ``BENCH_TORCH_PYTHON`` variable, or ``/tmp/venv-torch/bin/python`` if it exists: torch
@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import (
+from bench.common import (
     PAYLOADS,
     Options,
     Row,

@@ -38,13 +38,6 @@ PAYLOADS: dict[str, int] = {
 }
 
 
-def ensure_paths() -> None:
-    """Make ``tests/servers.py`` and the bench modules importable (scripts run by path)."""
-    for path in (ROOT / "tests", BENCH_DIR):
-        if str(path) not in sys.path:
-            sys.path.insert(0, str(path))
-
-
 # --------------------------------------------------------------------------- statistics
 
 

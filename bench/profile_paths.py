@@ -1,7 +1,7 @@
 """Where the time of each benchmarked path goes: component timings and cProfile tables.
 
-    python bench/profile_paths.py [remote_hit|miss_insert|prefetch|big_value|dcache|disk_hit]...
-    /tmp/venv-torch/bin/python bench/profile_paths.py torch
+    python -m bench.profile_paths [remote_hit|miss_insert|prefetch|big_value|dcache|disk_hit]...
+    /tmp/venv-torch/bin/python -m bench.profile_paths torch
 
 Not part of ``run_all.py``: a tool for explaining a missed target. Each section times
 the path's components in isolation (median of 7 runs, microseconds per call) next to
@@ -27,9 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import ensure_paths, record_index
-
-ensure_paths()
+from bench.common import record_index
 
 
 def us(fn: Callable[[], object], number: int, repeat: int = 7) -> float:
@@ -549,7 +547,7 @@ def main() -> None:
     if chosen == ["torch"]:
         torch_context(None)
         return
-    from servers import RedisServer  # noqa: PLC0415
+    from tests.support.servers import RedisServer  # noqa: PLC0415
 
     with RedisServer(config=["maxmemory-policy noeviction"]) as server:
         for name in chosen:

@@ -1,6 +1,6 @@
 """Run every benchmark: JSON per benchmark, PNG plots, and a Markdown summary.
 
-    python bench/run_all.py [--quick] [--out bench/results] [--img docs/img]
+    python -m bench.run_all [--quick] [--out bench/results] [--img docs/img]
                             [--only local,remote,throughput,stampede,roundtrips,torch]
                             [--max-load 1.0 --wait 900] [--torch-python PATH] [--report-only]
 
@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import BENCH_DIR, IMG_DIR, RESULTS_DIR, ROOT, Options, fmt, load_average, save
+from bench.common import IMG_DIR, RESULTS_DIR, ROOT, Options, fmt, load_average, save
 
 GROUPS = ("local", "remote", "throughput", "stampede", "roundtrips", "torch")
 
@@ -87,7 +87,7 @@ def torch_python(explicit: str | None) -> str:
 
 
 def run_torch(opts: Options, python: str) -> None:
-    cmd = [python, str(BENCH_DIR / "bench_torch.py"), "--out", str(opts.out)]
+    cmd = [python, "-m", "bench.bench_torch", "--out", str(opts.out)]
     if opts.quick:
         cmd.append("--quick")
     print(f"\n$ {shlex.join(cmd)}", flush=True)
@@ -95,7 +95,9 @@ def run_torch(opts: Options, python: str) -> None:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["PYTHONWARNINGS"] = "ignore"
     try:
-        done = subprocess.run(cmd, env=env, timeout=300 if opts.quick else 1800, check=False)
+        done = subprocess.run(
+            cmd, env=env, cwd=ROOT, timeout=300 if opts.quick else 1800, check=False
+        )
         problem = None if done.returncode == 0 else f"bench_torch.py exited {done.returncode}"
     except (OSError, subprocess.TimeoutExpired) as exc:
         problem = f"bench_torch.py could not run: {exc}"
@@ -105,11 +107,13 @@ def run_torch(opts: Options, python: str) -> None:
 
 
 def run_groups(opts: Options, groups: list[str], args: argparse.Namespace) -> None:
-    import bench_local  # noqa: PLC0415
-    import bench_remote  # noqa: PLC0415
-    import bench_roundtrips  # noqa: PLC0415
-    import bench_stampede  # noqa: PLC0415
-    import bench_throughput  # noqa: PLC0415
+    from bench import (  # noqa: PLC0415 - each pulls in redis_cache and servers
+        bench_local,
+        bench_remote,
+        bench_roundtrips,
+        bench_stampede,
+        bench_throughput,
+    )
 
     needs_server = {"remote", "throughput", "stampede", "roundtrips"} & set(groups)
     with bench_remote.bench_server() if needs_server else _nothing() as server:
@@ -337,7 +341,7 @@ def summary_markdown(
 def make_plots(results: dict[str, dict[str, Any]], img: Path, command: str) -> dict[str, str]:
     """PNG figures; returns name -> link relative to docs/ (or the file path)."""
     try:
-        import plots  # noqa: PLC0415
+        from bench import plots  # noqa: PLC0415
     except ImportError as exc:
         print(f"plots skipped: {exc} (pip install -e '.[bench]')")
         return {}
@@ -405,7 +409,7 @@ def main() -> None:
     out = args.out.resolve()
     img = args.img if args.img is not None else (out / "img" if args.quick else IMG_DIR)
     opts = Options(quick=args.quick, out=out, img=img)
-    command = "python bench/run_all.py" + (" --quick" if args.quick else "")
+    command = "python -m bench.run_all" + (" --quick" if args.quick else "")
     load_before = load_average()
     if not args.report_only:
         print(f"{command}: groups {', '.join(groups)}; load {load_before}", flush=True)

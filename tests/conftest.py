@@ -1,4 +1,4 @@
-"""Shared fixtures. Real servers come from ``servers.py`` (importable without pytest).
+"""Shared fixtures. Real servers come from ``tests.support.servers`` (importable without pytest).
 
 Servers that tests may destroy are function-scoped (``fresh_redis_server``,
 ``redis_sentinel``); shared ones are session-scoped and tests isolate themselves by
@@ -8,16 +8,13 @@ prefixing every key with the ``namespace`` fixture. Fixtures that need a binary 
 
 from __future__ import annotations
 
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from servers import (
+from tests.support.servers import (
     RedisClusterHandle,
     RedisServer,
     SentinelHandle,

@@ -1,4 +1,4 @@
-"""The benchmark suite runs end to end (``bench/run_all.py --quick``); no figure is judged.
+"""The benchmark suite runs end to end (``python -m bench.run_all --quick``); no figure is judged.
 
 It proves only that every benchmark runs and reports sane numbers: each JSON file is
 written and every ratio in it is a positive finite number. Thresholds are for
@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from servers import require_binary
+
+from tests.support.servers import require_binary
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_redis]
 
@@ -39,7 +40,7 @@ def test_run_all_quick_writes_every_benchmark(tmp_path: Path) -> None:
     require_binary("redis-server")
     out = tmp_path / "results"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run_all.py"), "--quick", "--out", str(out)],
+        [sys.executable, "-m", "bench.run_all", "--quick", "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -13,37 +13,37 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import support
-from servers import RedisClusterHandle, RedisServer, TLSMaterial, free_port
-from support import make_settings
 
 from redis_cache.interfaces import FastCache
 from redis_cache.layers.redis import namespace_prefix
 from redis_cache.ops import KeyName, glob_escape, parse_key
 from redis_cache.publisher import stats_key
+from tests.support import helpers as support
+from tests.support.helpers import make_settings
+from tests.support.servers import RedisClusterHandle, RedisServer, TLSMaterial, free_port
 
-TESTS = str(Path(__file__).resolve().parent)
-CALLEE = "support.compile_rich"
+ROOT = str(Path(__file__).resolve().parents[1])
+CALLEE = "tests.support.helpers.compile_rich"
 STATUSES = ("ok", "FAIL", "warn", "skip")
 
-# Calls support.compile_rich(i) for i < N through redis_cache.<kind>; prints values and stats.
-RECORD = f"""
+# Calls helpers.compile_rich(i) for i < N through redis_cache.<kind>; prints values, stats.
+RECORD = """
 import json, sys
-sys.path.insert(0, {TESTS!r})
-import redis_cache, support
+import redis_cache
+from tests.support import helpers as support
 cache = getattr(redis_cache, sys.argv[1])
 fn = cache.record()(getattr(support, sys.argv[3] if len(sys.argv) > 3 else "compile_rich"))
 values = [support.describe(fn(i)) for i in range(int(sys.argv[2]))]
 stats = cache.stats().as_dict()
 cache.close()
-print(json.dumps({{"values": values, "stats": stats}}))
+print(json.dumps({"values": values, "stats": stats}))
 """
 
 # Strict prepopulated replay: N known keys from the dump, then one key nobody recorded.
-REPLAY = f"""
+REPLAY = """
 import json, sys
-sys.path.insert(0, {TESTS!r})
-import redis_cache, support
+import redis_cache
+from tests.support import helpers as support
 from redis_cache import exceptions
 fn = redis_cache.dcache.record()(support.compile_rich)
 n = int(sys.argv[1])
@@ -53,7 +53,7 @@ try:
     missing = "computed"
 except exceptions.StrictDeterministicCachingKeyNotFoundError:
     missing = "raised"
-print(json.dumps({{"values": values, "missing": missing}}))
+print(json.dumps({"values": values, "missing": missing}))
 """
 
 
@@ -78,7 +78,7 @@ def run_cli(
 def run_python(code: str, *args: str, env: dict[str, str]) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
-        timeout=120, check=False,
+        cwd=ROOT, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -437,11 +437,11 @@ def test_clear_deletes_only_what_it_is_asked_to(
     unconfirmed = run_cli("clear", env=mine)  # stdin is not a terminal
     assert unconfirmed.returncode == 1
     assert "--yes" in unconfirmed.stderr
-    glob = run_cli("clear", "--callee", "support.*", "--yes", env=mine)
+    glob = run_cli("clear", "--callee", "tests.support.helpers.*", "--yes", env=mine)
     assert glob.stdout.strip() == "deleted 0 keys"
     assert client.dbsize() == before
 
-    one = run_cli("clear", "--callee", "support.compile_tagged", "--yes", env=mine)
+    one = run_cli("clear", "--callee", "tests.support.helpers.compile_tagged", "--yes", env=mine)
     assert one.returncode == 0, one.stderr
     assert one.stdout.strip() == "deleted 3 keys"  # two values and a lock
     left = namespace_keys(client, ns)

@@ -14,7 +14,12 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 from redis.connection import UnixDomainSocketConnection
-from servers import (
+
+from redis_cache import connection as conn_mod
+from redis_cache.config import Settings
+from redis_cache.connection import CLIENT_NAME, ClientProvider, build_client
+from redis_cache.exceptions import RemoteUnavailableError
+from tests.support.servers import (
     RedisClusterHandle,
     RedisServer,
     SentinelHandle,
@@ -25,11 +30,6 @@ from servers import (
     require_tls,
     start_sentinel_set,
 )
-
-from redis_cache import connection as conn_mod
-from redis_cache.config import Settings
-from redis_cache.connection import CLIENT_NAME, ClientProvider, build_client
-from redis_cache.exceptions import RemoteUnavailableError
 
 pytestmark = pytest.mark.real_redis
 

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import make_settings
 
 import redis_cache
 from redis_cache import dumpfile, exceptions
 from redis_cache.interfaces import DeterministicCache
+from tests.support.helpers import make_settings
 
 
 def det(tmp: Path, **overrides: Any) -> DeterministicCache:

@@ -23,12 +23,12 @@ from typing import Any
 import pytest
 import redis
 import yaml
-from servers import RedisServer, free_port, require_binary
-from support import make_settings
 
 from redis_cache import cli, config
 from redis_cache.connection import build_client
 from redis_cache.interfaces import CacheInterface, DeterministicCache, FastCache
+from tests.support.helpers import make_settings
+from tests.support.servers import RedisServer, free_port, require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from proxy import FaultProxy
-from servers import RedisServer
-from support import DELAY_ENV, LEDGER_ENV, computations, dcache_worker, make_settings
 
 import redis_cache
 from redis_cache import context, exceptions
 from redis_cache import lease as lease_module
 from redis_cache.interfaces import CacheInterface, DeterministicCache, FastCache
+from tests.support.helpers import DELAY_ENV, LEDGER_ENV, computations, dcache_worker, make_settings
+from tests.support.proxy import FaultProxy
+from tests.support.servers import RedisServer
 
 pytestmark = [pytest.mark.real_redis, pytest.mark.slow]
 

@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import twin_a
-import twin_b
-from support import make_settings, rich_value
 
 import redis_cache
 from redis_cache import exceptions
 from redis_cache.interfaces import DeterministicCache, FastCache
 from redis_cache.layers import EntryKey
+from tests import twin_a, twin_b
+from tests.support.helpers import make_settings, rich_value
 
 
 @pytest.fixture

@@ -10,7 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import DELAY_ENV, LEDGER_ENV, computations, describe, record_and_describe, rich_value
+
+from tests.support.helpers import (
+    DELAY_ENV,
+    LEDGER_ENV,
+    computations,
+    describe,
+    record_and_describe,
+    rich_value,
+)
 
 pytestmark = pytest.mark.slow
 

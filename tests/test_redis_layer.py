@@ -8,14 +8,14 @@ from typing import Any
 
 import fakeredis
 import pytest
-from servers import RedisServer
-from support import make_settings
-from test_layer_contract import LayerContract, key
 
 from redis_cache import exceptions
 from redis_cache.connection import ClientProvider
 from redis_cache.layers import EntryKey
 from redis_cache.layers.redis import RedisLayer, namespace_prefix
+from tests.support.helpers import make_settings
+from tests.support.servers import RedisServer
+from tests.test_layer_contract import LayerContract, key
 
 
 def fake_layer(tmp_path: Path, namespace: str = "ns", server: Any = None) -> RedisLayer:

@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import RedisServer, free_port
-from support import (
+
+import redis_cache
+from redis_cache import context, exceptions
+from redis_cache.interfaces import CacheInterface, DeterministicCache, FastCache
+from tests.support.helpers import (
     LEDGER_ENV,
     computations,
     describe,
@@ -23,10 +26,7 @@ from support import (
     record_and_describe,
     rich_value,
 )
-
-import redis_cache
-from redis_cache import context, exceptions
-from redis_cache.interfaces import CacheInterface, DeterministicCache, FastCache
+from tests.support.servers import RedisServer, free_port
 
 pytestmark = pytest.mark.real_redis
 

@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import RedisServer, free_port, require_binary
-from support import exploit_envelope, make_settings
 
 import redis_cache
 from redis_cache import config, context, exceptions
 from redis_cache.codec import Codec
 from redis_cache.interfaces import CacheInterface, DeterministicCache, FastCache
+from tests.support.helpers import exploit_envelope, make_settings
+from tests.support.servers import RedisServer, free_port, require_binary
 
 SECRET = b"our-fleet-secret-7f3a9c2e51"
 OTHER_SECRET = b"their-fleet-secret-0b8d6e4a"

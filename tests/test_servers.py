@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from servers import (
+
+from tests.support.servers import (
     CLUSTER_SLOTS,
     RedisClusterHandle,
     RedisServer,

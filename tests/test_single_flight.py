@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import RedisClusterHandle, RedisServer, free_port
-from support import (
+
+from tests.support.helpers import (
     DELAY_ENV,
     LEDGER_ENV,
     computations,
@@ -25,6 +25,7 @@ from support import (
     dcache_worker,
     fcache_worker,
 )
+from tests.support.servers import RedisClusterHandle, RedisServer, free_port
 
 pytestmark = [pytest.mark.real_redis, pytest.mark.slow]
 

@@ -2,7 +2,7 @@
 
 The server keeps an append-only file fsynced on every write (``appendfsync
 always``), so every write it acknowledged survives both a graceful stop and a
-SIGKILL. Each worker (``support.soak_worker``) records what it got back; afterwards:
+SIGKILL. Each worker (``tests.support.helpers.soak_worker``) records what it got back; afterwards:
 
 - fcache surfaced no exception and never returned a wrong value, and every
   fcache insert that Redis acknowledged is still there;
@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import RedisServer
-from support import (
+
+from redis_cache import context
+from redis_cache.interfaces import CacheInterface, DeterministicCache, FastCache
+from tests.support.helpers import (
     soak_dinsert,
     soak_dkernel,
     soak_expected,
@@ -33,9 +35,7 @@ from support import (
     soak_settings,
     soak_worker,
 )
-
-from redis_cache import context
-from redis_cache.interfaces import CacheInterface, DeterministicCache, FastCache
+from tests.support.servers import RedisServer
 
 pytestmark = [pytest.mark.real_redis, pytest.mark.slow]
 

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import RedisClusterHandle, RedisServer, SentinelHandle, TLSMaterial
-from support import make_settings, rich_value
 
 import redis_cache
 from redis_cache import exceptions
 from redis_cache.interfaces import DeterministicCache, FastCache
 from redis_cache.layers import EntryKey
+from tests.support.helpers import make_settings, rich_value
+from tests.support.servers import RedisClusterHandle, RedisServer, SentinelHandle, TLSMaterial
 
 pytestmark = [pytest.mark.real_redis, pytest.mark.slow]
 

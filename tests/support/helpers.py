@@ -87,9 +87,8 @@ def describe(value: Any) -> Any:
 
 def record_and_describe(kind: str, fn_name: str, arg: Any) -> tuple[Any, dict[str, float]]:
     """Run in a fresh process: call ``support.<fn_name>(arg)`` through ``redis_cache.<kind>``."""
-    import support  # noqa: PLC0415
-
     import redis_cache  # noqa: PLC0415 - imported in the child with its own environment
+    from tests.support import helpers as support  # noqa: PLC0415
 
     cache = getattr(redis_cache, kind)
     wrapped = cache.record()(getattr(support, fn_name))
@@ -101,9 +100,8 @@ def record_and_describe(kind: str, fn_name: str, arg: Any) -> tuple[Any, dict[st
 
 def call_many(kind: str, fn_name: str, args: list[Any]) -> list[Any]:
     """Run in a fresh process: call the recorded function on each argument, return the values."""
-    import support  # noqa: PLC0415
-
     import redis_cache  # noqa: PLC0415
+    from tests.support import helpers as support  # noqa: PLC0415
 
     cache = getattr(redis_cache, kind)
     wrapped = cache.record()(getattr(support, fn_name))
@@ -135,9 +133,8 @@ def compile_failing_first(x: int) -> str:
 
 def dcache_worker(fn_name: str, arg: Any, barrier: Any, out: Any, role: str = "") -> None:
     """Process body: wait at ``barrier`` (if any), call through dcache, report to ``out``."""
-    import support  # noqa: PLC0415
-
     import redis_cache  # noqa: PLC0415
+    from tests.support import helpers as support  # noqa: PLC0415
 
     wrapped = redis_cache.dcache.record()(getattr(support, fn_name))
     if barrier is not None:
@@ -163,9 +160,8 @@ def dcache_worker(fn_name: str, arg: Any, barrier: Any, out: Any, role: str = ""
 
 def dcache_many_worker(fn_name: str, args: list[Any], out: Any) -> None:
     """Process body: record every argument in the given order, report the values."""
-    import support  # noqa: PLC0415
-
     import redis_cache  # noqa: PLC0415
+    from tests.support import helpers as support  # noqa: PLC0415
 
     wrapped = redis_cache.dcache.record()(getattr(support, fn_name))
     out.put({arg: wrapped(arg) for arg in args})
@@ -179,9 +175,8 @@ def compile_quick(x: int) -> str:
 
 def fcache_worker(fn_name: str, arg: Any, barrier: Any, out: Any) -> None:
     """Process body: wait at ``barrier``, call through fcache, report value and stats."""
-    import support  # noqa: PLC0415
-
     import redis_cache  # noqa: PLC0415
+    from tests.support import helpers as support  # noqa: PLC0415
 
     wrapped = redis_cache.fcache.record()(getattr(support, fn_name))
     barrier.wait()

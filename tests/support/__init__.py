@@ -1,0 +1,1 @@
+"""Real servers, a fault proxy and worker functions, shared by tests and benchmarks."""
