@@ -19,8 +19,9 @@ from .config import Settings
 from .layers import DiskLayer, EntryKey, Layer, MemoEntry, MemoLayer
 
 if TYPE_CHECKING:
-    from .layers.redis import FailOpenRemote, RedisLayer, SyncRemote
+    from .layers.redis import RedisLayer
     from .publisher import StatsPublisher
+    from .remote import FailOpenRemote, SyncRemote
 
 logger = logging.getLogger("redis_cache")
 
@@ -42,7 +43,8 @@ class Backend:
         self.fail_open_remote: FailOpenRemote | None = None
         self.sync_remote: SyncRemote | None = None
         if settings.has_remote and settings.enabled:
-            from .layers.redis import FailOpenRemote, RedisLayer, SyncRemote  # noqa: PLC0415
+            from .layers.redis import RedisLayer  # noqa: PLC0415
+            from .remote import FailOpenRemote, SyncRemote  # noqa: PLC0415
 
             self.redis = RedisLayer(settings)
             breaker = CircuitBreaker(settings.breaker_cooldown, settings.breaker_max_cooldown)

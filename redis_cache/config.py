@@ -68,6 +68,9 @@ DEFAULTS: dict[str, str] = {
     "REDIS_CACHE_TLS_CERT_FILE": "",
     "REDIS_CACHE_TLS_KEY_FILE": "",
     "REDIS_CACHE_STATS_INTERVAL": "10",
+    "REDIS_CACHE_MEMO_MAX_BYTES": "536870912",
+    "REDIS_CACHE_DISK_MAX_BYTES": "0",
+    "REDIS_CACHE_TORCH": "0",
 }
 
 
@@ -110,6 +113,9 @@ class Settings:
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     stats_interval: float = 10.0
+    memo_max_bytes: int = 512 * 1024 * 1024
+    disk_max_bytes: int = 0  # 0: unbounded
+    torch: bool = False
     # A bad deterministic-only variable must not break fcache: dcache raises it on first use.
     deterministic_problem: exceptions.CacheError | None = field(default=None, compare=False)
 
@@ -124,6 +130,31 @@ class Settings:
     @property
     def has_remote(self) -> bool:
         return bool(self.url) or bool(self.sentinels)
+
+    @property
+    def remote_writable(self) -> bool:
+        """A remote layer exists and this process may write to it."""
+        return self.has_remote and not self.read_only
+
+    @property
+    def global_determinism(self) -> bool:
+        """dcache synchronizes through Redis (else through the disk layer)."""
+        return self.determinism == "global"
+
+    @property
+    def deterministic_global(self) -> bool:
+        """Workers run dcache, and it synchronizes through Redis."""
+        return self.deterministic and self.global_determinism
+
+    @property
+    def is_strict(self) -> bool:
+        """A strict mode is on: misses raise and inserts are forbidden."""
+        return self.strict != "off"
+
+    @property
+    def strict_prepopulated(self) -> bool:
+        """Only the pre-populated memo is consulted."""
+        return self.strict == "prepopulated"
 
 
 def redact_url(url: str) -> str:
@@ -273,6 +304,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         tls_cert_file=r.optional("REDIS_CACHE_TLS_CERT_FILE"),
         tls_key_file=r.optional("REDIS_CACHE_TLS_KEY_FILE"),
         stats_interval=r.number("REDIS_CACHE_STATS_INTERVAL", float, 0),
+        memo_max_bytes=r.number("REDIS_CACHE_MEMO_MAX_BYTES", int, 0),
+        disk_max_bytes=r.number("REDIS_CACHE_DISK_MAX_BYTES", int, 0),
+        torch=r.flag("REDIS_CACHE_TORCH"),
         deterministic_problem=problem,
     )
     if problem is None:

@@ -50,6 +50,14 @@ class RemoteUnavailableError(SystemError):
     """The Redis layer could not be used; the message names the server, never credentials."""
 
 
+class RemoteError(RemoteUnavailableError):
+    """A Redis operation failed; ``transient`` says whether retrying may help."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
 class DiskLayerError(SystemError):
     """The disk layer could not read or write (full, read-only, permissions)."""
 
