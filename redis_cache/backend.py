@@ -16,7 +16,7 @@ from . import exceptions, locks
 from .breaker import CircuitBreaker
 from .codec import Codec
 from .config import Settings
-from .layers import DiskLayer, EntryKey, Layer, MemoEntry, MemoLayer
+from .layers import DiskLayer, EntryKey, Layer, MemoEntry, MemoLayer, Outcome
 
 if TYPE_CHECKING:
     from .layers.redis import RedisLayer
@@ -65,7 +65,7 @@ class Backend:
     def remember(self, key: EntryKey, value: Any, blob: bytes) -> MemoEntry:
         """Put a decoded value in the memo; a racing thread's entry wins and is returned."""
         entry = MemoEntry(value, blob, key.callee)
-        if self.memo.insert(key, entry):
+        if self.memo.insert(key, entry) is Outcome.WRITTEN:
             return entry
         return self.memo.get(key) or entry
 
@@ -127,7 +127,7 @@ class Backend:
             if existing is not None:
                 return existing
             blob = compute_blob()
-            if self.disk.insert(key, blob):
+            if self.disk.insert(key, blob) is Outcome.WRITTEN:
                 self.stats.inserts += 1
                 return blob
             return self.disk.get(key) or blob

@@ -24,7 +24,7 @@ from typing import Any, TypeVar, cast
 
 from . import config, context, dumpfile, exceptions, keys, locks
 from .backend import Backend
-from .layers import EntryKey, Layer, MemoEntry
+from .layers import EntryKey, Layer, MemoEntry, Outcome
 from .stats import CacheStats
 
 logger = logging.getLogger("redis_cache")
@@ -453,7 +453,9 @@ class FastCache(CacheInterface):
         remote = backend.fail_open_remote
         accepted_remotely: bool | None = None
         if remote is not None and not backend.settings.read_only:
-            accepted_remotely = remote.insert(key, blob)
+            outcome = remote.insert(key, blob)
+            if outcome is not Outcome.UNAVAILABLE:
+                accepted_remotely = outcome is Outcome.WRITTEN
         if accepted_remotely is False:
             # Another machine won: its value arrives by the next lookup's backfill.
             self._stats.insert_conflicts += 1
@@ -465,7 +467,7 @@ class FastCache(CacheInterface):
             inserted = True
         else:
             try:
-                inserted = backend.disk.insert(key, blob)
+                inserted = backend.disk.insert(key, blob) is Outcome.WRITTEN
             except exceptions.DiskLayerError as exc:
                 backend.note_disk_error(exc)
                 inserted = False
@@ -516,7 +518,8 @@ class DeterministicCache(CacheInterface):
                 raise exceptions.ValueDecodingError(
                     f"entry {record.callee}/{record.digest} of {path} cannot be decoded: {exc}"
                 ) from exc
-            loaded += backend.memo.insert(key, MemoEntry(value, record.blob, record.callee))
+            entry = MemoEntry(value, record.blob, record.callee)
+            loaded += backend.memo.insert(key, entry) is Outcome.WRITTEN
         logger.info("prepopulated dcache memo with %d entries from %s", loaded, path)
 
     def dump(self, path: Path | str) -> int:
@@ -620,7 +623,7 @@ class DeterministicCache(CacheInterface):
         return result_decoder(entry.value) if result_decoder else entry.value
 
     def _store(self, backend: Backend, key: EntryKey, blob: bytes, stored: Any) -> bool:
-        inserted = backend.sync_layer.insert(key, blob)
+        inserted = backend.sync_layer.insert(key, blob) is Outcome.WRITTEN
         if inserted:
             backend.memo.insert(key, MemoEntry(stored, blob, key.callee))
             self._stats.inserts += 1

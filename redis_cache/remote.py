@@ -18,7 +18,7 @@ import tenacity
 from . import exceptions
 from .breaker import CircuitBreaker
 from .exceptions import RemoteError
-from .layers.base import EntryKey, Layer
+from .layers.base import EntryKey, Layer, Outcome
 from .layers.redis import RedisLayer
 from .lease import CommitResult, LeaseLock
 from .stats import CacheStats
@@ -58,8 +58,8 @@ class FailOpenRemote(Layer[bytes]):
     def get(self, key: EntryKey) -> bytes | None:
         return self._call(lambda: self.layer.get(key))
 
-    def insert(self, key: EntryKey, item: bytes) -> bool | None:  # type: ignore[override]
-        """``None`` when the remote layer could not take the entry (down, or too large)."""
+    def insert(self, key: EntryKey, item: bytes) -> Outcome:
+        """``UNAVAILABLE`` when the remote layer could not take the entry (down, or too large)."""
         if len(item) > self.layer.settings.max_value_bytes:
             self.stats.oversize_values += 1
             logger.info(
@@ -69,9 +69,9 @@ class FailOpenRemote(Layer[bytes]):
                 len(item),
                 self.layer.settings.max_value_bytes,
             )
-            return None
+            return Outcome.UNAVAILABLE
         ttl = self.layer.settings.ttl
-        return self._call(lambda: self.layer.insert(key, item, ttl=ttl))
+        return self._call(lambda: self.layer.insert(key, item, ttl=ttl)) or Outcome.UNAVAILABLE
 
     def discard(self, key: EntryKey, expected: bytes) -> bool:
         if self.layer.settings.read_only:
@@ -148,7 +148,7 @@ class SyncRemote(Layer[bytes]):
     def get(self, key: EntryKey) -> bytes | None:
         return self.retrying(lambda: self.layer.get(key), "GET")
 
-    def insert(self, key: EntryKey, item: bytes) -> bool:
+    def insert(self, key: EntryKey, item: bytes) -> Outcome:
         self.layer.check_size(key, item)
         return self.retrying(lambda: self.layer.insert(key, item, ttl=self.ttl), "SET NX")
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from redis_cache.layers import DiskLayer, EntryKey, Layer, MemoEntry, MemoLayer
+from redis_cache.layers import DiskLayer, EntryKey, Layer, MemoEntry, MemoLayer, Outcome
 
 
 def key(n: int = 0) -> EntryKey:
@@ -30,12 +30,12 @@ class LayerContract:
         assert layer.get(key()) is None
 
     def test_insert_then_get(self, layer: Layer[Any]) -> None:
-        assert layer.insert(key(), self.item(1)) is True
+        assert layer.insert(key(), self.item(1)) is Outcome.WRITTEN
         assert layer.get(key()) == self.item(1)
 
     def test_first_writer_wins(self, layer: Layer[Any]) -> None:
-        assert layer.insert(key(), self.item(1)) is True
-        assert layer.insert(key(), self.item(2)) is False
+        assert layer.insert(key(), self.item(1)) is Outcome.WRITTEN
+        assert layer.insert(key(), self.item(2)) is Outcome.EXISTED
         assert layer.get(key()) == self.item(1)
 
     def test_keys_are_independent(self, layer: Layer[Any]) -> None:
@@ -52,7 +52,7 @@ class LayerContract:
         assert layer.discard(key(), layer.get(key())) is True
         assert layer.get(key()) is None
         assert layer.discard(key(), self.item(1)) is False
-        assert layer.insert(key(), self.item(2)) is True
+        assert layer.insert(key(), self.item(2)) is Outcome.WRITTEN
 
     def test_racing_threads_one_winner(self, layer: Layer[Any]) -> None:
         barrier = threading.Barrier(8)
@@ -60,7 +60,7 @@ class LayerContract:
 
         def writer(i: int) -> None:
             barrier.wait()
-            if layer.insert(key(), self.item(i)):
+            if layer.insert(key(), self.item(i)) is Outcome.WRITTEN:
                 wins.append(i)
 
         threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]

@@ -11,7 +11,7 @@ import pytest
 
 from redis_cache import exceptions
 from redis_cache.connection import ClientProvider
-from redis_cache.layers import EntryKey
+from redis_cache.layers import EntryKey, Outcome
 from redis_cache.layers.redis import RedisLayer, namespace_prefix
 from tests.support.helpers import make_settings
 from tests.support.servers import RedisServer
@@ -88,7 +88,7 @@ def test_namespaces_isolate(tmp_path: Path) -> None:
     b = fake_layer(tmp_path, "b", server)
     a.insert(key(), b"x")
     assert b.get(key()) is None
-    assert b.insert(key(), b"y") is True
+    assert b.insert(key(), b"y") is Outcome.WRITTEN
     assert a.get(key()) == b"x"
 
 

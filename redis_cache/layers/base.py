@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -22,6 +23,14 @@ class EntryKey:
         return self.digest.encode()
 
 
+class Outcome(enum.Enum):
+    """What an insert did: callers decide from this, never from a bare bool."""
+
+    WRITTEN = "written"  # our item is stored
+    EXISTED = "existed"  # an item was already there; ours was dropped (first writer wins)
+    UNAVAILABLE = "unavailable"  # the layer could not take it (down, too large, read-only)
+
+
 class Layer(ABC, Generic[T]):
     """A key → stored item map with first-writer-wins insert.
 
@@ -36,7 +45,7 @@ class Layer(ABC, Generic[T]):
     def get(self, key: EntryKey) -> T | None: ...
 
     @abstractmethod
-    def insert(self, key: EntryKey, item: T) -> bool: ...
+    def insert(self, key: EntryKey, item: T) -> Outcome: ...
 
     @abstractmethod
     def discard(self, key: EntryKey, expected: T) -> bool: ...

@@ -14,7 +14,7 @@ import secrets
 from pathlib import Path
 
 from .. import exceptions
-from .base import EntryKey, Layer
+from .base import EntryKey, Layer, Outcome
 
 FORMAT_DIR = "v1"
 
@@ -46,7 +46,7 @@ class DiskLayer(Layer[bytes]):
         except OSError as exc:
             raise exceptions.DiskLayerError(f"disk layer: reading {path} failed: {exc}") from exc
 
-    def insert(self, key: EntryKey, item: bytes) -> bool:
+    def insert(self, key: EntryKey, item: bytes) -> Outcome:
         try:
             return self._insert(key, item)
         except OSError as exc:  # disk full, read-only, permissions
@@ -54,7 +54,7 @@ class DiskLayer(Layer[bytes]):
                 f"disk layer: writing an entry under {self.root} failed: {exc}"
             ) from exc
 
-    def _insert(self, key: EntryKey, item: bytes) -> bool:
+    def _insert(self, key: EntryKey, item: bytes) -> Outcome:
         final = self.path(key)
         directory = os.path.dirname(final)
         tmp = f"{directory}/.tmp-{os.getpid()}-{secrets.token_hex(6)}"
@@ -67,9 +67,9 @@ class DiskLayer(Layer[bytes]):
             with f:
                 f.write(item)
             os.link(tmp, final)
-            return True
+            return Outcome.WRITTEN
         except FileExistsError:
-            return False
+            return Outcome.EXISTED
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)

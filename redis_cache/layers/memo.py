@@ -6,7 +6,7 @@ import threading
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from .base import EntryKey, Layer
+from .base import EntryKey, Layer, Outcome
 
 
 class MemoEntry(NamedTuple):
@@ -30,12 +30,12 @@ class MemoLayer(Layer[MemoEntry]):
     def get(self, key: EntryKey) -> MemoEntry | None:
         return self._entries.get(key.digest)
 
-    def insert(self, key: EntryKey, item: MemoEntry) -> bool:
+    def insert(self, key: EntryKey, item: MemoEntry) -> Outcome:
         with self._lock:
             if key.digest in self._entries:
-                return False
+                return Outcome.EXISTED
             self._entries[key.digest] = item
-            return True
+            return Outcome.WRITTEN
 
     def discard(self, key: EntryKey, expected: MemoEntry) -> bool:
         with self._lock:

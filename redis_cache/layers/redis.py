@@ -24,7 +24,7 @@ from ..config import Settings
 from ..connection import ClientProvider
 from ..exceptions import RemoteError
 from ..lease import EntryKeys, LeaseLock, LeaseStats
-from .base import EntryKey, Layer
+from .base import EntryKey, Layer, Outcome
 
 logger = logging.getLogger("redis_cache.redis")
 
@@ -128,14 +128,15 @@ class RedisLayer(Layer[bytes]):
             raise self.translate(exc, "GET") from exc
         return None if value is None else bytes(value)
 
-    def insert(self, key: EntryKey, item: bytes, *, ttl: int = 0) -> bool:
+    def insert(self, key: EntryKey, item: bytes, *, ttl: int = 0) -> Outcome:
         self.check_size(key, item)
         client = self.client()
         with self.translated("SET NX"):
             written = bool(client.set(self.value_key(key), item, nx=True, ex=ttl or None))
-        if written:
-            self.wait_for_replicas(key)
-        return written
+        if not written:
+            return Outcome.EXISTED
+        self.wait_for_replicas(key)
+        return Outcome.WRITTEN
 
     def discard(self, key: EntryKey, expected: bytes) -> bool:
         client = self.client()
