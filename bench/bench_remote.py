@@ -212,7 +212,7 @@ def prefetch_rows(server: RedisServer, opts: Options) -> list[Row]:
             cache = caches.make(f"bench-prefetch-{label}")
             remote = cache._backend().redis
             assert remote is not None
-            keys = [EntryKey("bench.kernel", f"{i:064x}") for i in range(1000)]
+            keys = [EntryKey("bench.kernel", f"{i:064x}", "fcache") for i in range(1000)]
             pipe = raw.pipeline(transaction=False)
             for k in keys:
                 pipe.set(remote.value_key(k), os.urandom(PAYLOADS[label]))
@@ -294,7 +294,7 @@ def big_value_rows(server: RedisServer, opts: Options) -> list[Row]:
             raw.delete(k)
 
         def our_round_trip() -> None:
-            k = EntryKey("bench.big", f"{next(counter):064x}")
+            k = EntryKey("bench.big", f"{next(counter):064x}", "fcache")
             assert remote.insert(k, codec.encode(k.key_id, value))
             blob = remote.get(k)
             assert blob is not None

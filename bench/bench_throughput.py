@@ -203,7 +203,7 @@ def worker(
             results.put((processes, mode, rep, index, count, elapsed, detail))
             barrier.wait()
             if index == 0:  # drop this window's new keys (not timed)
-                for pattern in ("raw:miss:*", f"redis_cache:v1:{NAMESPACE}:*miss_kernel*"):
+                for pattern in ("raw:miss:*", f"redis_cache:v2:{NAMESPACE}:*miss_kernel*"):
                     names = list(client.scan_iter(match=pattern, count=1000))
                     for i in range(0, len(names), 1000):
                         client.unlink(*names[i : i + 1000])

@@ -240,7 +240,9 @@ def _miss_insert_size(server: Any, raw: Any, size: int) -> None:
             ),
             "Codec('off').encode": (lambda value=value: off.encode(key_id, value), n),
             "DiskLayer.insert (new file)": (
-                lambda value=value: disk.insert(EntryKey("p", f"{next(counter):064x}"), value),
+                lambda value=value: disk.insert(
+                    EntryKey("p", f"{next(counter):064x}", "fcache"), value
+                ),
                 n,
             ),
             "whole path: fcache.record miss+insert": (ours, n),
@@ -285,7 +287,7 @@ def prefetch(server: Any) -> None:
     cache = FastCache(Settings(dir=Path(tempfile.mkdtemp()), url=server.url, namespace="pf"))
     remote = cache._backend().redis
     assert remote is not None
-    keys = [EntryKey("bench.kernel", f"{i:064x}") for i in range(1000)]
+    keys = [EntryKey("bench.kernel", f"{i:064x}", "fcache") for i in range(1000)]
     names = [remote.value_key(k) for k in keys]
     for name in names:
         raw.set(name, os.urandom(100))
@@ -324,13 +326,13 @@ def big_value(server: Any) -> None:
     backend = cache._backend()
     remote, codec = backend.redis, backend.codec
     assert remote is not None
-    key = EntryKey("bench.big", "0" * 64)
+    key = EntryKey("bench.big", "0" * 64, "fcache")
     blob = codec.encode(key.key_id, value)
     raw.set("rawbig", value)
     counter = itertools.count()
 
     def ours() -> None:
-        k = EntryKey("bench.big", f"{next(counter):064x}")
+        k = EntryKey("bench.big", f"{next(counter):064x}", "fcache")
         assert remote.insert(k, codec.encode(k.key_id, value))
         got = remote.get(k)
         assert got is not None
@@ -396,7 +398,7 @@ def dcache(server: Any) -> None:
     counter = itertools.count()
 
     def fresh() -> Any:
-        return EntryKey("p", f"{next(counter):064x}")
+        return EntryKey("p", f"{next(counter):064x}", "fcache")
 
     def lease(renew: bool) -> Callable[[], None]:
         def run() -> None:

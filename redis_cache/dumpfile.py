@@ -1,6 +1,8 @@
 """Dump files: a namespace's entries as a stream, for ``REDIS_CACHE_PREPOPULATE`` and ``load``.
 
-Layout: a magic line, then msgpack records ``[callee, digest, envelope]``, then a
+Layout: a magic line, then msgpack records ``[callee, digest, envelope, space]``
+(``space`` is ``fcache`` or ``dcache``; records of older dumps lack it and are
+``dcache``), then a
 trailer ``[None, count, crc32]`` over every record. Entries stay in their codec
 envelopes, so a dump carries each entry's integrity tag or signature with it.
 A reader refuses a file whose magic, trailer, count or checksum is wrong before
@@ -21,6 +23,9 @@ from typing import BinaryIO
 import msgpack
 
 from . import exceptions
+from .layers.base import Space
+
+SPACES: tuple[Space, ...] = ("fcache", "dcache")
 
 MAGIC = b"REDIS_CACHE_DUMP v1\n"
 
@@ -33,6 +38,7 @@ class DumpRecord:
     callee: str
     digest: str
     blob: bytes
+    space: Space = "dcache"
 
 
 def write(path: Path, records: Iterable[DumpRecord]) -> int:
@@ -46,7 +52,7 @@ def write(path: Path, records: Iterable[DumpRecord]) -> int:
         with open(tmp, "wb") as f:
             f.write(MAGIC)
             for record in records:
-                chunk = packer.pack([record.callee, record.digest, record.blob])
+                chunk = packer.pack([record.callee, record.digest, record.blob, record.space])
                 crc = zlib.crc32(chunk, crc)
                 f.write(chunk)
                 count += 1
@@ -67,20 +73,24 @@ def _records(f: BinaryIO, name: str) -> Iterator[DumpRecord]:
     count, crc, trailer, trailer_end = 0, 0, None, 0
     try:
         for item in unpacker:
-            if trailer is not None or not isinstance(item, list) or len(item) != 3:
+            if trailer is not None or not isinstance(item, list) or len(item) not in (3, 4):
                 raise InvalidDumpFileError(f"{name} holds a malformed record")
-            first, second, third = item
+            first, second, third = item[:3]
+            space = item[3] if len(item) == 4 else "dcache"
             if first is None and isinstance(second, int) and isinstance(third, int):
                 trailer = (second, third)
                 trailer_end = len(MAGIC) + unpacker.tell()
                 continue
             if not (
-                isinstance(first, str) and isinstance(second, str) and isinstance(third, bytes)
+                isinstance(first, str)
+                and isinstance(second, str)
+                and isinstance(third, bytes)
+                and space in SPACES
             ):
                 raise InvalidDumpFileError(f"{name} holds a malformed record")
             crc = zlib.crc32(packer.pack(item), crc)
             count += 1
-            yield DumpRecord(first, second, third)
+            yield DumpRecord(first, second, third, space)
     except (ValueError, msgpack.UnpackException) as exc:
         raise InvalidDumpFileError(f"{name} is corrupt: {exc}") from exc
     if trailer is None:

@@ -24,7 +24,7 @@ from typing import Any, TypeVar, cast
 
 from . import config, context, dumpfile, exceptions, keys, locks
 from .backend import Backend
-from .layers import EntryKey, Layer, MemoEntry, Outcome
+from .layers import EntryKey, Layer, MemoEntry, Outcome, Space
 from .stats import CacheStats
 
 logger = logging.getLogger("redis_cache")
@@ -63,6 +63,7 @@ class CacheInterface(ABC):
     """What ``fcache`` and ``dcache`` share; subclasses own lookup, miss and store."""
 
     name = "cache"
+    space: Space = "fcache"
 
     def __init__(self, settings: config.Settings | None = None) -> None:
         self._explicit_settings = settings
@@ -275,7 +276,7 @@ class CacheInterface(ABC):
             digest = keys.entry_digest(callee, f"{self.name}/{isolation}", payload)
         except exceptions.KeyEncodingError as exc:
             raise exceptions.CustomParamsEncoderRequiredError(fn, str(exc)) from exc
-        return EntryKey(callee, digest)
+        return EntryKey(callee, digest, self.space)
 
     def _encode(self, backend: Backend, key: EntryKey, stored: Any) -> bytes:
         try:
@@ -485,6 +486,7 @@ class DeterministicCache(CacheInterface):
     """One result per key for every caller sharing the synchronization layer."""
 
     name = "dcache"
+    space: Space = "dcache"
 
     def _validate(self, settings: config.Settings) -> None:
         if settings.deterministic_problem is not None:
@@ -511,7 +513,9 @@ class DeterministicCache(CacheInterface):
     def _prepopulate(self, backend: Backend, path: Path) -> None:
         loaded = 0
         for record in dumpfile.read(path):
-            key = EntryKey(record.callee, record.digest)
+            if record.space != "dcache":
+                continue  # a dump of a whole namespace may carry fcache entries too
+            key = EntryKey(record.callee, record.digest, "dcache")
             try:
                 value = backend.codec.decode(key.key_id, record.blob)
             except exceptions.ValueDecodingError as exc:
@@ -543,11 +547,11 @@ class DeterministicCache(CacheInterface):
         for digest, entry in backend.memo.items():
             previous = merged.get(digest)
             if previous is None:
-                merged[digest] = dumpfile.DumpRecord(entry.callee, digest, entry.blob)
+                merged[digest] = dumpfile.DumpRecord(entry.callee, digest, entry.blob, "dcache")
                 continue
             if previous.blob == entry.blob:
                 continue
-            key = EntryKey(entry.callee, digest)
+            key = EntryKey(entry.callee, digest, "dcache")
             try:
                 same = _same_value(backend.codec.decode(key.key_id, previous.blob), entry.value)
             except exceptions.ValueDecodingError:

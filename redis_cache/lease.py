@@ -180,7 +180,7 @@ return {0, 0}
 class EntryKeys:
     """The four keys of one entry, built by the caller around one hash tag."""
 
-    value: str  # e.g. "redis_cache:v1:ns:{digest}:val"
+    value: str  # e.g. "redis_cache:v2:ns:{digest}:val"
     lock: str
     fence: str  # monotonically increasing counter per entry (INCR)
     signal: str  # list used to wake waiters

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import dumpfile
-from .layers.base import EntryKey
+from .dumpfile import SPACES
+from .layers.base import EntryKey, Space
 from .layers.redis import RedisLayer
 from .publisher import stats_key
 
@@ -40,8 +41,9 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True, slots=True)
 class KeyName:
-    """A key of an entry: ``<prefix><callee>:{<digest>}`` plus an optional ``:suffix``."""
+    """A key of an entry: ``<prefix><space>:<callee>:{<digest>}`` plus an optional ``:suffix``."""
 
+    space: Space
     callee: str
     digest: str
     suffix: str = ""
@@ -58,10 +60,13 @@ def parse_key(prefix: str, key: bytes | str) -> KeyName | None:
     head, brace, tail = text[len(prefix) :].rpartition("}")
     if not brace or (tail and (tail[0] != ":" or tail[1:] not in ENTRY_SUFFIXES)):
         return None
-    callee, sep, digest = head.rpartition(":{")
-    if not sep or not callee or not digest or "{" in digest:
+    named, sep, digest = head.rpartition(":{")
+    space, colon, callee = named.partition(":")
+    if not sep or not colon or not callee or not digest or "{" in digest:
         return None
-    return KeyName(callee, digest, tail[1:])
+    if space not in SPACES:
+        return None
+    return KeyName(space, callee, digest, tail[1:])
 
 
 def glob_escape(text: str) -> str:
@@ -71,8 +76,8 @@ def glob_escape(text: str) -> str:
 
 def stored_callee(layer: RedisLayer, callee: str) -> str:
     """The callee as it appears in keys (the layer rewrites braces, which are hash tags)."""
-    probe = layer.value_key(EntryKey(callee, "0"))
-    return probe[len(layer.prefix) : -len(":{0}")]
+    probe = layer.value_key(EntryKey(callee, "0", "fcache"))
+    return probe[len(layer.prefix) + len("fcache:") : -len(":{0}")]
 
 
 # --------------------------------------------------------------------------- scanning
@@ -215,7 +220,7 @@ def _records(layer: RedisLayer, progress: Progress) -> Iterator[dumpfile.DumpRec
                     continue
                 count += 1
                 size += len(value)
-                yield dumpfile.DumpRecord(name.callee, name.digest, bytes(value))
+                yield dumpfile.DumpRecord(name.callee, name.digest, bytes(value), name.space)
         progress(count, size)
 
 
@@ -291,7 +296,7 @@ def _load_records(
         written = pipelined(layer, "SET NX", batch, lambda pipe, r: _set_nx(layer, pipe, r))
         for was_written, record in zip(written, batch, strict=True):
             if was_written:
-                key = EntryKey(record.callee, record.digest)
+                key = EntryKey(record.callee, record.digest, record.space)
                 result.wait_keys.setdefault(_node_of(layer, key), key)
         loaded = sum(1 for w in written if w)
         result.loaded += loaded
@@ -301,7 +306,7 @@ def _load_records(
 
 
 def _set_nx(layer: RedisLayer, pipe: Any, record: dumpfile.DumpRecord) -> object:
-    key = layer.value_key(EntryKey(record.callee, record.digest))
+    key = layer.value_key(EntryKey(record.callee, record.digest, record.space))
     return pipe.set(key, record.blob, nx=True)
 
 
@@ -336,7 +341,8 @@ def clear_pattern(layer: RedisLayer, callee: str | None) -> str:
     """``SCAN MATCH`` pattern of the whole namespace, or of one callee's keys."""
     if callee is None:
         return glob_escape(layer.prefix) + "*"
-    return glob_escape(layer.prefix + stored_callee(layer, callee)) + ":*"
+    # Either space: the callee follows the space segment.
+    return glob_escape(layer.prefix) + "*:" + glob_escape(stored_callee(layer, callee)) + ":*"
 
 
 def clear(layer: RedisLayer, callee: str | None = None) -> int:

@@ -603,8 +603,12 @@ def test_key_names_parse_entries_only() -> None:
     assert stats_key(prefix).startswith(prefix)
     assert parse_key(prefix, stats_key(prefix)) is None
     assert parse_key(prefix, prefix + "!doctor:acl-1") is None
-    assert parse_key(prefix, prefix + "m.f:{ab}") == KeyName("m.f", "ab")
-    assert parse_key(prefix, prefix + "m.f:{ab}:lock") == KeyName("m.f", "ab", "lock")
-    assert parse_key(prefix, prefix + "m.f:{ab}:other") is None
+    assert parse_key(prefix, prefix + "dcache:m.f:{ab}") == KeyName("dcache", "m.f", "ab")
+    assert parse_key(prefix, prefix + "fcache:m.f:{ab}:lock") == KeyName(
+        "fcache", "m.f", "ab", "lock"
+    )
+    assert parse_key(prefix, prefix + "dcache:m.f:{ab}:other") is None
+    assert parse_key(prefix, prefix + "m.f:{ab}") is None  # no space: not ours
+    assert parse_key(prefix, prefix + "xcache:m.f:{ab}") is None
     assert parse_key(prefix, "other:key") is None
     assert glob_escape("a*b?[c]\\") == "a\\*b\\?\\[c\\]\\\\"

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 HOST = "127.0.0.1"
-NAMESPACE_PREFIX = "redis_cache:v1:default:"
+NAMESPACE_PREFIX = "redis_cache:v2:default:"
 VARIABLE = re.compile(r"\bREDIS_CACHE_[A-Z0-9_]*[A-Z0-9]\b")
 
 
@@ -604,7 +604,7 @@ def test_users_acl_confines_each_user(acl_server: RedisServer) -> None:
     with as_user(acl_server, "worker-default") as worker:
         worker.set(f"{NAMESPACE_PREFIX}acl-test", b"v")
         assert worker.get(f"{NAMESPACE_PREFIX}acl-test") == b"v"
-        for key in ("redis_cache:v1:other-team:acl-test", "unrelated"):
+        for key in ("redis_cache:v2:other-team:acl-test", "unrelated"):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 worker.set(key, b"v")
             with pytest.raises(redis.exceptions.NoPermissionError):
@@ -620,7 +620,7 @@ def test_users_acl_confines_each_user(acl_server: RedisServer) -> None:
         with pytest.raises(redis.exceptions.NoPermissionError):
             reader.delete(f"{NAMESPACE_PREFIX}acl-test")
         with pytest.raises(redis.exceptions.NoPermissionError):
-            reader.get("redis_cache:v1:other-team:acl-test")
+            reader.get("redis_cache:v2:other-team:acl-test")
     with as_user(acl_server, "healthcheck") as probe:
         assert probe.ping()
         with pytest.raises(redis.exceptions.NoPermissionError):

@@ -518,7 +518,7 @@ def test_holder_cut_off_mid_compute_yields_one_result(
     namespace = os.environ["REDIS_CACHE_NAMESPACE"]
     stored = [
         k
-        for k in client.scan_iter(match=f"redis_cache:v1:{namespace}:*")
+        for k in client.scan_iter(match=f"redis_cache:v2:{namespace}:*")
         if not k.endswith((b":lock", b":fence", b":signal"))
     ]
     assert len(stored) == 1, stored

@@ -233,7 +233,7 @@ def test_signed_pickles_round_trip_with_a_secret(tmp_path: Path) -> None:
 def _entry_file(cache: FastCache, fn: Any, params: Any) -> Path:
     backend = cache._backend()
     key = cache._key(fn, params, redis_cache.context.isolation_key(None), None)
-    return Path(backend.disk.path(EntryKey(key.callee, key.digest)))
+    return Path(backend.disk.path(EntryKey(key.callee, key.digest, key.space)))
 
 
 @pytest.mark.parametrize(

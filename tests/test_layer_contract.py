@@ -17,7 +17,7 @@ from redis_cache.layers import DiskLayer, EntryKey, Layer, MemoEntry, MemoLayer,
 
 
 def key(n: int = 0) -> EntryKey:
-    return EntryKey("tests.contract.fn", f"{n:064x}")
+    return EntryKey("tests.contract.fn", f"{n:064x}", "fcache")
 
 
 class LayerContract:

@@ -66,18 +66,18 @@ class TestRedisLayerOnRealServer(LayerContract):
 
 def test_entry_keys_share_one_hash_tag_and_hold_no_raw_arguments(tmp_path: Path) -> None:
     layer = fake_layer(tmp_path, namespace="team-a")
-    k = EntryKey("pkg.mod.Kernel.compile", "ab" * 32)
+    k = EntryKey("pkg.mod.Kernel.compile", "ab" * 32, "fcache")
     keys = layer.entry_keys(k)
     tag = "{" + k.digest + "}"
     for name in (keys.value, keys.lock, keys.fence, keys.signal):
         assert name.startswith(namespace_prefix("team-a"))
         assert name.count("{") == 1 and tag in name
-    assert keys.value == "redis_cache:v1:team-a:pkg.mod.Kernel.compile:{" + k.digest + "}"
+    assert keys.value == "redis_cache:v2:team-a:fcache:pkg.mod.Kernel.compile:{" + k.digest + "}"
 
 
 def test_braces_in_a_callee_cannot_move_the_hash_tag(tmp_path: Path) -> None:
     layer = fake_layer(tmp_path)
-    value = layer.value_key(EntryKey("weird.{name}", "cd" * 32))
+    value = layer.value_key(EntryKey("weird.{name}", "cd" * 32, "fcache"))
     assert value.count("{") == 1
     assert value.endswith("{" + "cd" * 32 + "}")
 

@@ -213,7 +213,7 @@ def test_oversize_values_are_refused_remotely(
 @pytest.fixture(scope="module")
 def acl_server() -> Iterator[RedisServer]:
     require_binary("redis-server")
-    with RedisServer(acl=[f"user team-a on >{PASSWORD} ~redis_cache:v1:team-a:* +@all"]) as s:
+    with RedisServer(acl=[f"user team-a on >{PASSWORD} ~redis_cache:v2:team-a:* +@all"]) as s:
         yield s
 
 
@@ -234,7 +234,7 @@ def test_acl_confines_a_user_to_its_namespace(
                       determinism="global", **common)
     )  # fmt: skip
     assert d_ok.record()(kernel)(2) == (2, "kernel")
-    keys = acl_server.client().keys("redis_cache:v1:team-a:*")
+    keys = acl_server.client().keys("redis_cache:v2:team-a:*")
     assert len([k for k in keys if not k.endswith((b":fence", b":signal"))]) == 2
 
     # Another namespace: NOPERM. fcache fails open, dcache fails closed at once.
@@ -251,7 +251,7 @@ def test_acl_confines_a_user_to_its_namespace(
     assert f"127.0.0.1:{acl_server.port}" in message
     assert "NoPermissionError" in message or "NOPERM" in message, message
     assert "after 1 attempts" in message, f"a permanent error was retried: {message}"
-    assert acl_server.client().keys("redis_cache:v1:team-b:*") == []
+    assert acl_server.client().keys("redis_cache:v2:team-b:*") == []
     assert PASSWORD not in exception_texts(info.value)
     assert PASSWORD not in log_texts(caplog.records)
     for cache in (f_ok, d_ok, f_other, d_other):

@@ -160,7 +160,7 @@ WORKER_COMMANDS = (
 def acl_server() -> Any:
     with RedisServer(
         config=["maxmemory-policy noeviction"],
-        acl=[f"worker on >worker-pw-123 ~redis_cache:v1:team-a:* resetchannels {WORKER_COMMANDS}"],
+        acl=[f"worker on >worker-pw-123 ~redis_cache:v2:team-a:* resetchannels {WORKER_COMMANDS}"],
     ) as server:
         yield server
 
@@ -203,6 +203,6 @@ def test_wrong_password_is_reported_without_the_password(
 
 def test_entry_keys_stay_in_the_namespace_pattern(tmp_path: Path) -> None:
     layer = machine(tmp_path, "x", url="redis://h:1/0", namespace="team-a")._backend().redis
-    keys = layer.entry_keys(EntryKey("m.f", "0" * 64))
+    keys = layer.entry_keys(EntryKey("m.f", "0" * 64, "fcache"))
     for key in (keys.value, keys.lock, keys.fence, keys.signal):
-        assert key.startswith("redis_cache:v1:team-a:")
+        assert key.startswith("redis_cache:v2:team-a:")

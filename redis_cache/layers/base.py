@@ -5,17 +5,25 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
 
 T = TypeVar("T")
+
+Space = Literal["fcache", "dcache"]
 
 
 @dataclass(frozen=True, slots=True)
 class EntryKey:
-    """One entry's identity: the callee for operators, the digest for storage."""
+    """One entry's identity: the callee for operators, the digest for storage.
+
+    ``space`` is the interface whose entry this is. The digest already differs per
+    interface (dcache must never adopt a raced fcache entry); the space also shows in
+    Redis key names so that operators can dump, count or clear one interface's entries.
+    """
 
     callee: str
     digest: str
+    space: Space
 
     @property
     def key_id(self) -> bytes:

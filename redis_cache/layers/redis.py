@@ -32,7 +32,7 @@ T = TypeVar("T")
 
 KEY_PREFIX = "redis_cache"
 PREFETCH_CHUNK = 1000  # keys per MGET: bounds one reply while keeping round trips few
-FORMAT_VERSION = "v1"
+FORMAT_VERSION = "v2"  # v2: the interface (space) is part of every key name
 
 # KEYS[1] = an entry's value key; ARGV[1] = the exact bytes believed corrupt.
 # Deletes the entry only if it still holds those bytes, so a repair never destroys
@@ -79,7 +79,7 @@ class RedisLayer(Layer[bytes]):
     def value_key(self, key: EntryKey) -> str:
         # The digest is the hash tag: value, lock, fence and signal share one slot.
         callee = key.callee.replace("{", "(").replace("}", ")")
-        return f"{self.prefix}{callee}:{{{key.digest}}}"
+        return f"{self.prefix}{key.space}:{callee}:{{{key.digest}}}"
 
     def entry_keys(self, key: EntryKey) -> EntryKeys:
         value = self.value_key(key)
