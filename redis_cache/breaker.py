@@ -3,14 +3,31 @@
 While Redis is down every call would otherwise pay a connect timeout. After a
 failure the breaker opens for a cooldown that doubles with each failed probe (up
 to a maximum); when it elapses one call probes the server, and success closes it.
-The clock is injectable so tests need not sleep.
+
+Every probe ends in a verdict: use :meth:`CircuitBreaker.call`, which records a
+success, a failure, or, when anything else escapes (a compile timeout's SIGALRM,
+KeyboardInterrupt), an abandoned probe that counts as failed. A probe left
+pending would keep the breaker open for the life of the process. The clock is
+injectable so tests need not sleep.
 """
 
 from __future__ import annotations
 
+import enum
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
+
+from . import forksafe
+
+T = TypeVar("T")
+
+
+class Admission(enum.Enum):
+    DENIED = "denied"  # open: skip the server
+    ALLOWED = "allowed"  # closed: go ahead
+    PROBE = "probe"  # open, cooldown over: this call decides
 
 
 class CircuitBreaker:
@@ -27,22 +44,47 @@ class CircuitBreaker:
         self._failures = 0
         self._open_until = 0.0
         self._probing = False
+        forksafe.register(self)
 
     @property
     def is_open(self) -> bool:
         return self._failures > 0
 
-    def allow(self) -> bool:
+    def admit(self) -> Admission:
         """Whether a call may go to the server now (at most one probe while open)."""
         if self._failures == 0:
-            return True
+            return Admission.ALLOWED
         with self._lock:
             if self._failures == 0:
-                return True
+                return Admission.ALLOWED
             if self._probing or self._clock() < self._open_until:
-                return False
+                return Admission.DENIED
             self._probing = True
-            return True
+            return Admission.PROBE
+
+    def call(
+        self, operation: Callable[[], T], failed: Callable[[BaseException], bool]
+    ) -> tuple[Admission, T | None, BaseException | None]:
+        """Run ``operation`` if admitted; ``failed(exc)`` says which errors mean "server sick".
+
+        Returns the admission, the result and the error that counted as a failure (the
+        caller logs it). Errors ``failed`` rejects propagate; a probe they interrupt is
+        recorded as failed first.
+        """
+        admission = self.admit()
+        if admission is Admission.DENIED:
+            return admission, None, None
+        try:
+            result = operation()
+        except BaseException as exc:
+            if failed(exc):
+                self.record_failure()
+                return admission, None, exc
+            if admission is Admission.PROBE:
+                self.record_failure()  # no verdict: try again after the cooldown
+            raise
+        self.record_success()
+        return admission, result, None
 
     def record_success(self) -> bool:
         """Close the breaker; returns whether it had been open (a recovery to log)."""
@@ -63,3 +105,9 @@ class CircuitBreaker:
             self._open_until = self._clock() + cooldown
             self._probing = False
             return starts_outage
+
+    def after_fork_in_child(self) -> None:
+        """A probe in flight belongs to a parent thread; the lock may be held by one."""
+        self._lock = threading.Lock()
+        self._probing = False
+

@@ -8,6 +8,7 @@ carry credentials or secrets: callers pass redacted server names only.
 from __future__ import annotations
 
 import builtins
+import copy
 from typing import Any
 
 
@@ -118,6 +119,12 @@ class InvalidDumpFileError(UserError):
 
 class ValueDecodingError(UserError):
     """A stored entry cannot be turned back into a value."""
+
+    def located(self, where: str) -> ValueDecodingError:
+        """The same error (same class), its message prefixed with the entry it concerns."""
+        located = copy.copy(self)
+        located.args = (f"{where}: {self}",)
+        return located
 
 
 class ValueUnPicklingError(ValueDecodingError):

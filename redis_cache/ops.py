@@ -27,7 +27,7 @@ SCAN_COUNT = 1000
 BATCH = 500
 # Bytes of values one pipeline may carry: entries can be up to 64 MiB each.
 BATCH_BYTES = 16 * 1024 * 1024
-ENTRY_SUFFIXES = ("lock", "fence", "signal")
+ENTRY_SUFFIXES = ("lock", "fence", "signal", "staged", "wait")
 # Internal keys of a namespace (``!stats``, ``!doctor:…``) start with this.
 INTERNAL_MARK = "!"
 _GLOB_SPECIALS = re.compile(r"([*?\[\]\\])")

@@ -25,6 +25,7 @@ class CacheStats:
     unverified_entries: int = 0
     oversize_values: int = 0
     remote_errors: int = 0
+    remote_refusals: int = 0
     disk_errors: int = 0
     remote_skipped: int = 0
     lock_acquisitions: int = 0

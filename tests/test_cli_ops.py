@@ -589,10 +589,10 @@ def test_publisher_is_not_created_read_only_or_with_interval_zero(
 ) -> None:
     for overrides in ({"read_only": True}, {"stats_interval": 0.0}):
         cache = FastCache(make_settings(tmp_path, url=redis_server.url, **overrides))
-        assert cache._backend().publisher is None
+        assert cache._runtime().publisher is None
         cache.close()
     cache = FastCache(make_settings(tmp_path, url=redis_server.url))
-    assert cache._backend().publisher is not None
+    assert cache._runtime().publisher is not None
     cache.close()
 
 

@@ -92,8 +92,8 @@ def test_fn_raising_releases_the_lock_and_stores_nothing(tmp_path: Path) -> None
 
 def test_file_lock_timeout(tmp_path: Path) -> None:
     cache = det(tmp_path, lock_timeout=0.05)
-    backend = cache._backend()
-    key = cache._key(kernel, ((1,), {}), redis_cache.context.isolation_key(None), None)
+    backend = cache._runtime()
+    key = cache.entry_key(kernel, ((1,), {}))
     holder = redis_cache.locks.file_lock(backend.disk.lock_path(key))
     holder.acquire()
     try:
@@ -107,8 +107,8 @@ def test_file_lock_timeout(tmp_path: Path) -> None:
 def test_corrupt_sync_entry_raises_value_decoding_error_naming_the_key(tmp_path: Path) -> None:
     cache = det(tmp_path)
     assert cache.insert(kernel, ((1,), {}), (1, "kernel"))
-    key = cache._key(kernel, ((1,), {}), redis_cache.context.isolation_key(None), None)
-    path = Path(cache._backend().disk.path(key))
+    key = cache.entry_key(kernel, ((1,), {}))
+    path = Path(cache._runtime().disk.path(key))
     path.write_bytes(path.read_bytes()[:-3])
     cold = det(tmp_path)
     with pytest.raises(exceptions.ValueDecodingError) as info:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 import redis_cache
-from redis_cache import context, exceptions
+from redis_cache import exceptions
 from redis_cache import lease as lease_module
 from redis_cache.interfaces import CacheInterface, DeterministicCache, FastCache
 from tests.support.helpers import DELAY_ENV, LEDGER_ENV, computations, dcache_worker, make_settings
@@ -96,9 +96,9 @@ def dcache_settings(tmp: Path, url: str, namespace: str, **overrides: Any) -> An
 
 
 def value_key(cache: CacheInterface, fn: Any, arg: Any) -> str:
-    backend = cache._backend()
+    backend = cache._runtime()
     assert backend.redis is not None
-    return backend.redis.value_key(cache._key(fn, ((arg,), {}), context.isolation_key(None), None))
+    return backend.redis.value_key(cache.entry_key(fn, ((arg,), {})))
 
 
 def stored_value(cache: CacheInterface, server: RedisServer, fn: Any, arg: Any) -> Any:
@@ -106,8 +106,8 @@ def stored_value(cache: CacheInterface, server: RedisServer, fn: Any, arg: Any) 
     blob = server.client().get(value_key(cache, fn, arg))
     if blob is None:
         return "<absent from redis>"
-    key = cache._key(fn, ((arg,), {}), context.isolation_key(None), None)
-    return cache._backend().codec.decode(key.key_id, blob)
+    key = cache.entry_key(fn, ((arg,), {}))
+    return cache._runtime().codec.decode(key.key_id, blob)
 
 
 class Outcome:
@@ -566,7 +566,7 @@ def test_a_lost_lock_reply_does_not_cost_a_lease(
     )
     wrapped = cache.record()(compile_kernel)
     assert wrapped(0) == compile_kernel(0)  # one pooled connection, scripts loaded
-    original = lease_module.LeaseLock._attempt
+    original = lease_module.Lease.attempt
     attempts: list[int] = []
 
     def lose_first_reply(self: Any) -> Any:
@@ -579,7 +579,7 @@ def test_a_lost_lock_reply_does_not_cost_a_lease(
         finally:
             proxy.pass_through()
 
-    monkeypatch.setattr(lease_module.LeaseLock, "_attempt", lose_first_reply)
+    monkeypatch.setattr(lease_module.Lease, "attempt", lose_first_reply)
     started = time.monotonic()
     assert wrapped(1) == compile_kernel(1)
     seconds = time.monotonic() - started

@@ -231,8 +231,8 @@ def test_signed_pickles_round_trip_with_a_secret(tmp_path: Path) -> None:
 
 
 def _entry_file(cache: FastCache, fn: Any, params: Any) -> Path:
-    backend = cache._backend()
-    key = cache._key(fn, params, redis_cache.context.isolation_key(None), None)
+    backend = cache._runtime()
+    key = cache.entry_key(fn, params)
     return Path(backend.disk.path(EntryKey(key.callee, key.digest, key.space)))
 
 
@@ -307,9 +307,9 @@ def test_disk_writes_leave_no_temporaries(cache: FastCache) -> None:
 
     for i in range(20):
         f(i)
-    leftovers = [p for p in Path(cache._backend().disk.root).rglob(".tmp-*")]
+    leftovers = [p for p in Path(cache._runtime().disk.root).rglob(".tmp-*")]
     assert leftovers == []
-    assert os.listdir(cache._backend().disk.root)
+    assert os.listdir(cache._runtime().disk.root)
 
 
 def test_callables_without_a_module_are_recorded(cache: FastCache) -> None:

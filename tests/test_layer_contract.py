@@ -79,7 +79,7 @@ class TestMemoLayer(LayerContract):
 
     def item(self, i: int) -> MemoEntry:
         # Memo discards by identity: the same i must give the same object.
-        return _MEMO_ITEMS.setdefault(i, MemoEntry(value=i, blob=bytes([i]), callee="c"))
+        return _MEMO_ITEMS.setdefault(i, MemoEntry(i, 1, key()))
 
 
 _MEMO_ITEMS: dict[int, MemoEntry] = {}

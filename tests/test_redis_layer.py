@@ -57,11 +57,13 @@ class TestRedisLayerOnRealServer(LayerContract):
         assert values[1::2] == [None] * 500
 
     def test_ttl_applies_when_asked(self, layer: RedisLayer, redis_server: RedisServer) -> None:
-        layer.insert(key(1), b"short-lived", ttl=100)
+        short_lived = RedisLayer(layer.settings, ttl=100)
+        short_lived.insert(key(1), b"short-lived")
         layer.insert(key(2), b"forever")
         client = redis_server.client()
         assert 0 < client.ttl(layer.value_key(key(1))) <= 100
         assert client.ttl(layer.value_key(key(2))) == -1
+        short_lived.close()
 
 
 def test_entry_keys_share_one_hash_tag_and_hold_no_raw_arguments(tmp_path: Path) -> None:

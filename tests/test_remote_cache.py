@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import redis_cache
-from redis_cache import context, exceptions
+from redis_cache import exceptions
 from redis_cache.interfaces import CacheInterface, DeterministicCache, FastCache
 from tests.support.helpers import (
     LEDGER_ENV,
@@ -75,14 +75,14 @@ def machines(tmp_path: Path, redis_server: RedisServer, namespace: str) -> Itera
 
 
 def value_key(cache: CacheInterface, fn: Any, params: Any) -> str:
-    backend = cache._backend()
-    key = cache._key(fn, params, context.isolation_key(None), None)
+    backend = cache._runtime()
+    key = cache.entry_key(fn, params)
     assert backend.redis is not None
     return backend.redis.value_key(key)
 
 
 def key_id(cache: CacheInterface, fn: Any, params: Any) -> bytes:
-    return cache._key(fn, params, context.isolation_key(None), None).key_id
+    return cache.entry_key(fn, params).key_id
 
 
 # --------------------------------------------------------------------------- sharing

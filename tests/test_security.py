@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 import redis_cache
-from redis_cache import config, context, exceptions
+from redis_cache import config, exceptions
 from redis_cache.codec import Codec
 from redis_cache.interfaces import CacheInterface, DeterministicCache, FastCache
 from tests.support.helpers import exploit_envelope, make_settings
@@ -44,11 +44,11 @@ def kernel(x: int) -> tuple[int, str]:
 
 
 def entry_key(cache: CacheInterface, fn: Any, x: int) -> Any:
-    return cache._key(fn, ((x,), {}), context.isolation_key(None), None)
+    return cache.entry_key(fn, ((x,), {}))
 
 
 def value_key(cache: CacheInterface, fn: Any, x: int) -> str:
-    backend = cache._backend()
+    backend = cache._runtime()
     assert backend.redis is not None
     return backend.redis.value_key(entry_key(cache, fn, x))
 
@@ -133,14 +133,14 @@ def test_planted_pickle_is_never_executed(
     if server is not None:
         server.client().set(value_key(cache, kernel, 1), blob)
     else:
-        path = Path(cache._backend().disk.path(key))
+        path = Path(cache._runtime().disk.path(key))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(blob)
 
     def still_there() -> bytes | None:
         if server is not None:
             return server.client().get(value_key(cache, kernel, 1))
-        path = Path(cache._backend().disk.path(key))
+        path = Path(cache._runtime().disk.path(key))
         return path.read_bytes() if path.exists() else None
 
     unverified = signed_with is not None  # a signature that does not verify here
@@ -441,7 +441,7 @@ def test_configuration_errors_never_echo_secrets(tmp_path: Path) -> None:
             assert PASSWORD not in exception_texts(exc), url
             continue
         with pytest.raises(exceptions.CacheError) as raised:
-            FastCache(settings)._backend().redis.client()  # type: ignore[union-attr]
+            FastCache(settings)._runtime().redis.client()  # type: ignore[union-attr]
         assert PASSWORD not in exception_texts(raised.value), url
 
 
@@ -457,7 +457,7 @@ def test_reprs_never_show_secrets(tmp_path: Path) -> None:
     for c in (Codec(SECRET), Codec(SECRET, compression="zstd")):
         assert SECRET.decode() not in repr(c) and SECRET.decode() not in str(c)
     cache = FastCache(make_settings(tmp_path, url=url, secret=SECRET, stats_interval=0))
-    backend = cache._backend()
+    backend = cache._runtime()
     assert backend.redis is not None
     for obj in (cache, backend, backend.codec, backend.redis.provider, cache.stats()):
         assert PASSWORD not in repr(obj) and SECRET.decode() not in repr(obj)

@@ -25,7 +25,6 @@ from typing import Any
 
 import pytest
 
-from redis_cache import context
 from redis_cache.interfaces import CacheInterface, DeterministicCache, FastCache
 from tests.support.helpers import (
     soak_dinsert,
@@ -47,12 +46,12 @@ RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results" / "soak.j
 
 
 def entry_key(cache: CacheInterface, fn: Any, x: int) -> Any:
-    return cache._key(fn, ((x,), {}), context.isolation_key(None), None)
+    return cache.entry_key(fn, ((x,), {}))
 
 
 def read_back(server: RedisServer, cache: CacheInterface, fn: Any, xs: list[int]) -> dict[int, Any]:
     """What Redis holds for ``fn(x)`` for each x, decoded (``None`` if absent)."""
-    backend = cache._backend()
+    backend = cache._runtime()
     assert backend.redis is not None
     keys = [entry_key(cache, fn, x) for x in xs]
     held: dict[int, Any] = {}

@@ -43,9 +43,9 @@ def test_cluster_shares_entries_and_single_flights(
     recorded_b = b.record()(kernel)
     assert [recorded_b(i) for i in range(20)] == [rich_value(i) for i in range(20)]
     assert b.stats().remote_hits == 20  # entries spread over all three masters
-    keys = [a._key(kernel, ((i,), {}), redis_cache.context.isolation_key(None), None)
+    keys = [a.entry_key(kernel, ((i,), {}))
             for i in range(20)]
-    assert all(v is not None for v in b._backend().redis.get_many(keys))
+    assert all(v is not None for v in b._runtime().redis.get_many(keys))
 
     calls: list[int] = []
     barrier = threading.Barrier(6)
@@ -104,8 +104,8 @@ def test_sentinel_writes_to_the_primary_and_survives_failover(
     recorded = f.record()(kernel)
     for i in range(100, 400):
         recorded(i)
-        if new_primary.client().exists(f._backend().redis.value_key(
-            f._key(kernel, ((i,), {}), redis_cache.context.isolation_key(None), None)
+        if new_primary.client().exists(f._runtime().redis.value_key(
+            f.entry_key(kernel, ((i,), {}))
         )):
             break
         time.sleep(0.02)
@@ -202,7 +202,7 @@ def test_wrong_password_is_reported_without_the_password(
 
 
 def test_entry_keys_stay_in_the_namespace_pattern(tmp_path: Path) -> None:
-    layer = machine(tmp_path, "x", url="redis://h:1/0", namespace="team-a")._backend().redis
+    layer = machine(tmp_path, "x", url="redis://h:1/0", namespace="team-a")._runtime().redis
     keys = layer.entry_keys(EntryKey("m.f", "0" * 64, "fcache"))
     for key in (keys.value, keys.lock, keys.fence, keys.signal):
         assert key.startswith("redis_cache:v2:team-a:")

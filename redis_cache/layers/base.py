@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
@@ -57,3 +58,7 @@ class Layer(ABC, Generic[T]):
 
     @abstractmethod
     def discard(self, key: EntryKey, expected: T) -> bool: ...
+
+    def get_many(self, keys: Sequence[EntryKey]) -> list[T | None]:
+        """Several entries at once; layers with a batched read override this."""
+        return [self.get(key) for key in keys]

@@ -23,7 +23,7 @@ from .. import exceptions
 from ..config import Settings
 from ..connection import ClientProvider
 from ..exceptions import RemoteError
-from ..lease import EntryKeys, LeaseLock, LeaseStats
+from ..lease import RENEWER, EntryKeys, Lease
 from .base import EntryKey, Layer, Outcome
 
 logger = logging.getLogger("redis_cache.redis")
@@ -32,6 +32,7 @@ T = TypeVar("T")
 
 KEY_PREFIX = "redis_cache"
 PREFETCH_CHUNK = 1000  # keys per MGET: bounds one reply while keeping round trips few
+MAX_BLOCK = 2.0  # longest blocking wait for a lock (capped at half the socket timeout)
 FORMAT_VERSION = "v2"  # v2: the interface (space) is part of every key name
 
 # KEYS[1] = an entry's value key; ARGV[1] = the exact bytes believed corrupt.
@@ -68,23 +69,30 @@ class RedisLayer(Layer[bytes]):
 
     name = "redis"
 
-    def __init__(self, settings: Settings, provider: ClientProvider | None = None) -> None:
+    def __init__(
+        self, settings: Settings, provider: ClientProvider | None = None, *, ttl: int = 0
+    ) -> None:
         self.settings = settings
         self.provider = provider or ClientProvider(settings)
         self.prefix = namespace_prefix(settings.namespace)
-        self._scripts: dict[int, Any] = {}
+        self.ttl = ttl  # seconds each written entry lives (fcache's REDIS_CACHE_TTL); 0: forever
+        self._scripts: dict[tuple[int, str], Any] = {}
 
     # -- key layout ----------------------------------------------------------------
 
     def value_key(self, key: EntryKey) -> str:
-        # The digest is the hash tag: value, lock, fence and signal share one slot.
+        # The digest is the hash tag: value, lock, fence, signal, staged share one slot.
         callee = key.callee.replace("{", "(").replace("}", ")")
         return f"{self.prefix}{key.space}:{callee}:{{{key.digest}}}"
 
     def entry_keys(self, key: EntryKey) -> EntryKeys:
         value = self.value_key(key)
         return EntryKeys(
-            value=value, lock=f"{value}:lock", fence=f"{value}:fence", signal=f"{value}:signal"
+            value=value,
+            lock=f"{value}:lock",
+            fence=f"{value}:fence",
+            signal=f"{value}:signal",
+            staged=f"{value}:staged",
         )
 
     # -- translation ----------------------------------------------------------------
@@ -128,15 +136,21 @@ class RedisLayer(Layer[bytes]):
             raise self.translate(exc, "GET") from exc
         return None if value is None else bytes(value)
 
-    def insert(self, key: EntryKey, item: bytes, *, ttl: int = 0) -> Outcome:
+    def insert(self, key: EntryKey, item: bytes) -> Outcome:
         self.check_size(key, item)
-        client = self.client()
+        name = self.value_key(key)
+        wanted = self.settings.min_replicas
         with self.translated("SET NX"):
-            written = bool(client.set(self.value_key(key), item, nx=True, ex=ttl or None))
-        if not written:
-            return Outcome.EXISTED
-        self.wait_for_replicas(key)
-        return Outcome.WRITTEN
+            if wanted <= 0:
+                written = self.client().set(name, item, nx=True, ex=self.ttl or None)
+            else:  # WAIT counts only its own connection's writes: one pipeline
+                pipe = self.node_client(key).pipeline(transaction=False)
+                pipe.set(name, item, nx=True, ex=self.ttl or None)
+                pipe.wait(wanted, self.replica_timeout_ms)
+                written, acknowledged = pipe.execute()
+                if written and int(acknowledged) < wanted:
+                    raise self._short(int(acknowledged))
+        return Outcome.WRITTEN if written else Outcome.EXISTED
 
     def discard(self, key: EntryKey, expected: bytes) -> bool:
         client = self.client()
@@ -181,35 +195,62 @@ class RedisLayer(Layer[bytes]):
         wanted = self.settings.min_replicas
         if wanted <= 0:
             return
-        client = self.client()
         value_key = self.value_key(key)
-        timeout_ms = int(self.settings.socket_timeout * 1000 * 0.8)
+        timeout_ms = self.replica_timeout_ms
         with self.translated("WAIT"):
-            if hasattr(client, "get_node_from_key"):
-                client = client.get_node_from_key(value_key).redis_connection
-            pipe = client.pipeline(transaction=False)
+            pipe = self.node_client(key).pipeline(transaction=False)
             pipe.set(f"{value_key}:wait", b"1", px=max(1000, 2 * timeout_ms))
             pipe.wait(wanted, timeout_ms)
             acknowledged = int(pipe.execute()[-1])
         if acknowledged < wanted:
-            raise RemoteError(
-                f"redis at {self.settings.server_name}: only {acknowledged} of "
-                f"REDIS_CACHE_MIN_REPLICAS={wanted} replicas acknowledged a write "
-                f"within {timeout_ms} ms",
-                transient=True,
-            )
+            raise self._short(acknowledged)
+
+    @property
+    def replica_timeout_ms(self) -> int:
+        """How long a WAIT may block: below the socket timeout, so the reply arrives."""
+        return int(self.settings.socket_timeout * 1000 * 0.8)
+
+    def _short(self, acknowledged: int) -> RemoteError:
+        return RemoteError(
+            f"redis at {self.settings.server_name}: only {acknowledged} of "
+            f"REDIS_CACHE_MIN_REPLICAS={self.settings.min_replicas} replicas acknowledged a "
+            f"write within {self.replica_timeout_ms} ms",
+            transient=True,
+        )
+
+    def node_client(self, key: EntryKey) -> Any:
+        """A plain client for the node holding ``key`` (the client itself unless a cluster)."""
+        client = self.client()
+        if hasattr(client, "get_node_from_key"):
+            return client.get_node_from_key(self.value_key(key)).redis_connection
+        return client
 
     def _script(self, client: Any, source: str) -> Any:
-        cache_key = id(client) ^ hash(source)
+        cache_key = (id(client), source)
         script = self._scripts.get(cache_key)
         if script is None:
             script = client.register_script(source)
             self._scripts[cache_key] = script
         return script
 
-    def lease(self, key: EntryKey) -> LeaseLock:
-        return LeaseLock(
-            self.client(), self.entry_keys(key), lease=self.settings.lock_lease, stats=LeaseStats()
+    def script(self, source: str) -> Any:
+        """``source`` registered on this process's client (registering only hashes it)."""
+        return self._script(self.client(), source)
+
+    def load_scripts(self, client: Any) -> None:
+        """Load every script this layer registered onto ``client``'s server (a new primary)."""
+        for _, source in list(self._scripts):
+            client.script_load(source)
+
+    def lease(self, key: EntryKey) -> Lease:
+        """This call's part in the lock protocol of ``key`` (see :mod:`redis_cache.lease`)."""
+        return Lease(
+            self.client(),
+            self.entry_keys(key),
+            self.script,
+            RENEWER,
+            lease=self.settings.lock_lease,
+            max_block=min(MAX_BLOCK, self.settings.socket_timeout / 2),
         )
 
     def after_fork_in_child(self) -> None:

@@ -1,0 +1,275 @@
+"""One interface's layers in one process, built from settings on first use.
+
+A :class:`Runtime` owns what a process needs to serve an interface: the codec,
+the memo, the disk layer, the Redis layer (when configured), the thread that
+copies remote hits to disk, the stats publisher, and the :class:`Policy` that
+wires them. It is rebuilt after ``close()``; after ``fork()`` it resets its locks
+and threads (the Redis client is rebuilt by its provider).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import dumpfile, exceptions, forksafe, locks, policy
+from .codec import Codec
+from .config import Settings
+from .layers.base import EntryKey, Layer, Outcome, Space
+from .layers.disk import DiskLayer
+from .layers.memo import MemoEntry, MemoLayer
+from .retry import Retrier
+from .stats import CacheStats
+
+
+def same_value(a: object, b: object) -> bool:
+    """Equal and of the same type all the way down (1 and True are different results)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_value(v, b[k]) for k, v in a.items())
+    return bool(a == b)
+
+if TYPE_CHECKING:
+    from .layers.redis import RedisLayer
+    from .publisher import StatsPublisher
+
+logger = logging.getLogger("redis_cache")
+
+# How long close() and process exit wait for queued disk backfills.
+BACKFILL_FLUSH_SECONDS = 5.0
+UNBOUNDED = 1 << 62
+
+
+class Runtime:
+    """Settings, codec, layers and policy of one interface in this process."""
+
+    def __init__(self, settings: Settings, space: Space, stats: CacheStats) -> None:
+        policy.validate(settings, space)
+        self.settings = settings
+        self.space = space
+        self.stats = stats
+        self.codec = Codec(settings.secret, settings.compression)
+        bound = UNBOUNDED if policy.unbounded_memo(settings, space) else settings.memo_max_bytes
+        self.memo = MemoLayer(bound)
+        self.disk = DiskLayer(settings.dir, settings.namespace)
+        self.redis: RedisLayer | None = None
+        self.publisher: StatsPublisher | None = None
+        if settings.has_remote and settings.enabled:
+            from .layers.redis import RedisLayer  # noqa: PLC0415 - redis-py only when used
+
+            # fcache entries may expire (REDIS_CACHE_TTL); deterministic ones never do.
+            self.redis = RedisLayer(settings, ttl=settings.ttl if space == "fcache" else 0)
+            if settings.remote_writable and settings.stats_interval > 0:
+                from .publisher import StatsPublisher  # noqa: PLC0415
+
+                self.publisher = StatsPublisher(self.redis, stats, space, settings.stats_interval)
+        self._backfiller = Backfiller()
+        forksafe.register(self)
+        self._bad_logged: set[str] = set()
+        self._oversize_logged = False
+        try:
+            self.policy = policy.build(settings, space, self)
+            if policy.needs_fitness_check(settings, space):
+                self._require_strong_consistency()
+            if space == "dcache" and settings.prepopulate is not None:
+                self.prepopulate(settings.prepopulate)
+        except BaseException:
+            self.close()  # its client and threads; the next call builds anew
+            raise
+
+    # -- memo and backfill ---------------------------------------------------------
+
+    def remember(self, key: EntryKey, value: Any, size: int) -> MemoEntry:
+        """Memoize a value; a racing thread's entry wins and is returned."""
+        entry = MemoEntry(value, size, key)
+        if self.memo.insert(key, entry) is Outcome.EXISTED:
+            return self.memo.get(key) or entry
+        return entry
+
+    def backfill(self, layer: Layer[bytes], key: EntryKey, blob: bytes) -> None:
+        """Copy an entry into ``layer`` off the caller's path: a remote hit costs one trip."""
+        self._backfiller.put(layer, key, blob)
+
+    def note_bad_entry(
+        self, layer: Layer[Any], key: EntryKey, exc: exceptions.ValueDecodingError
+    ) -> None:
+        if isinstance(exc, exceptions.UnverifiedEntryError):
+            self.stats.unverified_entries += 1
+            what = "does not verify with this process's secret (left in place)"
+        else:
+            self.stats.corrupt_entries += 1
+            what = "is corrupt"
+        level = logging.WARNING if key.digest not in self._bad_logged else logging.DEBUG
+        self._bad_logged.add(key.digest)
+        logger.log(level, "%s entry %s/%s %s: %s", layer.name, key.callee, key.digest, what, exc)
+
+    def note_oversize(self, key: EntryKey, exc: exceptions.ValueTooLargeError) -> None:
+        """fcache keeps a result too large for any envelope in this process; warn once."""
+        self.stats.oversize_values += 1
+        level = logging.DEBUG if self._oversize_logged else logging.WARNING
+        self._oversize_logged = True
+        logger.log(level, "%s/%s is kept in this process only: %s", key.callee, key.digest, exc)
+
+    # -- deterministic ---------------------------------------------------------------
+
+    def _require_strong_consistency(self) -> None:
+        from .layers.redis import check_consistency  # noqa: PLC0415
+
+        layer = self.redis
+        if layer is None:
+            return
+        settings = self.settings
+        retry = Retrier(settings.retry_deadline, stats=self.stats)
+        report = retry(lambda: check_consistency(layer), "INFO")
+        if not report.strong:
+            raise exceptions.DeterministicCachingRequiresStrongConsistencyError(
+                f"global determinism needs strong consistency from redis at "
+                f"{self.settings.server_name}: " + "; ".join(report.problems)
+            )
+
+    def prepopulate(self, path: Path) -> None:
+        loaded = 0
+        for record in dumpfile.read(path):
+            if record.space != "dcache":
+                continue  # a dump of a whole namespace may carry fcache entries too
+            key = EntryKey(record.callee, record.digest, "dcache")
+            try:
+                value = self.codec.decode(key.key_id, record.blob)
+            except exceptions.ValueDecodingError as exc:
+                raise exc.located(f"entry {record.callee}/{record.digest} of {path}") from exc
+            entry = MemoEntry(value, len(record.blob), key)
+            loaded += self.memo.insert(key, entry) is Outcome.WRITTEN
+        logger.info("prepopulated dcache memo with %d entries from %s", loaded, path)
+
+    def dump(self, path: Path) -> int:
+        """Merge the memo into the dump at ``path`` (locked: processes dump at exit together)."""
+        flock = locks.file_lock(path.with_name(f".{path.name}.lock"))
+        with locks.acquire_file_lock(flock, self.settings.lock_timeout):
+            return self._merge_into(path)
+
+    def _merge_into(self, path: Path) -> int:
+        """Equal values merge; different ones raise and write nothing."""
+        merged = {r.digest: r for r in dumpfile.read(path)} if path.exists() else {}
+        for record in self._dump_records():
+            previous = merged.setdefault(record.digest, record)
+            if previous is record or previous.blob == record.blob:
+                continue
+            key = EntryKey(record.callee, record.digest, self.space)
+            if not self._same_entry(key, previous.blob, record.blob):
+                raise exceptions.DeterministicCachingIMCDumpConflictError(
+                    f"dump {path} holds a different value for {record.callee}/{record.digest}"
+                )
+        return dumpfile.write(path, merged.values())
+
+    def _same_entry(self, key: EntryKey, a: bytes, b: bytes) -> bool:
+        try:
+            first, second = self.codec.decode(key.key_id, a), self.codec.decode(key.key_id, b)
+        except exceptions.ValueDecodingError:
+            return False
+        return same_value(first, second)
+
+    def _dump_records(self) -> list[dumpfile.DumpRecord]:
+        records = []
+        for digest, entry in self.memo.items():
+            key = EntryKey(entry.callee, digest, self.space)
+            blob = self.codec.encode(key.key_id, entry.value)
+            records.append(dumpfile.DumpRecord(entry.callee, digest, blob, self.space))
+        return records
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def after_fork_in_child(self) -> None:
+        self._backfiller = Backfiller()
+        if self.redis is not None:
+            self.redis.after_fork_in_child()
+        if self.publisher is not None:
+            self.publisher.after_fork_in_child()
+
+    def close(self) -> None:
+        self._backfiller.close(BACKFILL_FLUSH_SECONDS)
+        if self.publisher is not None:
+            self.publisher.close()
+        if self.redis is not None:
+            self.redis.close()
+
+
+class Backfiller:
+    """A daemon thread copying entries into lower layers; started lazily, stopped by close."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[Layer[bytes], EntryKey, bytes] | None] = queue.Queue(
+            maxsize=10_000
+        )
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._pid = os.getpid()
+
+    def put(self, layer: Layer[bytes], key: EntryKey, blob: bytes) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._closed:
+                    return
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="redis_cache-backfill", daemon=True
+                    )
+                    self._thread.start()
+                    _LIVE.add(self)
+        try:
+            self._queue.put_nowait((layer, key, blob))
+        except queue.Full:
+            logger.debug("backfill queue full; %s stays in the upper layer only", key.digest)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                layer, key, blob = item
+                layer.insert(key, blob)  # fail-open layers never raise a storage error
+            except Exception:
+                logger.debug("backfill of an entry failed", exc_info=True)
+            finally:
+                self._queue.task_done()
+
+    def flush(self, timeout: float) -> None:
+        """Wait (bounded) until queued backfills are written."""
+        if self._thread is None or os.getpid() != self._pid:
+            return
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def close(self, timeout: float) -> None:
+        """Flush, then stop the thread: a closed runtime leaves no thread behind."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        if thread is None or os.getpid() != self._pid:
+            return
+        self.flush(timeout)
+        self._queue.put(None)
+        thread.join(timeout)
+        _LIVE.discard(self)
+
+
+_LIVE: set[Backfiller] = set()
+
+
+def _flush_at_exit() -> None:
+    for backfiller in list(_LIVE):
+        backfiller.flush(BACKFILL_FLUSH_SECONDS)
+
+
+atexit.register(_flush_at_exit)
