@@ -20,7 +20,7 @@ import inspect
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import Any, Generic, ParamSpec, TypeVar
 
 from . import config, context, exceptions, forksafe, keys, locks
 from .codec import MAX_RAW_LENGTH
+from .fastkeys import fast_key, indexable
 from .flight import Computed, Landed
 from .layers.base import EntryKey, Layer, Outcome, Space
 from .layers.memo import MemoEntry
@@ -42,9 +43,6 @@ T = TypeVar("T")
 Params = tuple[tuple[Any, ...] | list[Any], dict[str, Any]]
 Encoder = Callable[[Any], Any]
 
-# Argument types whose == and hash agree with the canonical key: a fast-index hit on
-# these cannot confuse 1 with True or 1.0 (those take the canonical path).
-_FAST_TYPES = frozenset({str, int, bytes, type(None)})
 _BAD = object()  # a stored entry that could not be decoded (fcache: repaired, missed)
 
 
@@ -62,23 +60,26 @@ def callee_name(fn: Callable[..., Any]) -> str:
     return f"{module}.{qualname}"
 
 
-def fast_key(args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> Hashable | None:
-    """A key for the fast index, exact about types, or ``None`` (take the canonical path)."""
-    if kwargs:
-        return None
-    for arg in args:
-        if type(arg) not in _FAST_TYPES:
-            return None
-    return args
-
-
 class _FastIndex:
-    """A record wrapper's index on raw arguments (weak-referenceable, so close() reaches it)."""
+    """One function's index on raw arguments (see :mod:`redis_cache.fastkeys`).
 
-    __slots__ = ("__weakref__", "entries")
+    Weak-referenceable, so that ``close()`` reaches every index without keeping one
+    alive. ``get`` and ``insert`` share the index of a recorded function.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("__weakref__", "entries", "fn")
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
         self.entries: dict[Any, MemoEntry] = {}
+        self.fn = weakref.ref(fn) if _weakrefable(fn) else None
+
+
+def _weakrefable(obj: object) -> bool:
+    try:
+        weakref.ref(obj)
+    except TypeError:
+        return False
+    return True
 
 
 class CacheInterface:
@@ -93,6 +94,10 @@ class CacheInterface:
         self._lock = threading.Lock()
         self._stats = CacheStats()
         self._indexes: weakref.WeakSet[_FastIndex] = weakref.WeakSet()
+        # The index of each function's default calls (no schema, no params encoder),
+        # by id(fn): shared by its record wrapper, get and insert.
+        self._by_fn: dict[int, _FastIndex] = {}
+        self._default_keyer = context.IsolationKeyer(None)
         self._dump_registered = False
         forksafe.register(self)
 
@@ -186,13 +191,30 @@ class CacheInterface:
         runtime = self._runtime()
         if not runtime.settings.enabled:
             return None
-        key = self._key(fn, callee_name(fn), params, context.isolation_key(ischema),
-                        custom_params_encoder)  # fmt: skip
+        index = fk = ik = None
+        if ischema is None and custom_params_encoder is None:
+            keyer = self._default_keyer
+            fingerprint = keyer.fingerprint() if keyer.varies else None
+            isolation = keyer.key(fingerprint)  # one reading of the settings per call
+            index = self._shared_index(fn)
+            args, kwargs = params
+            fk = fast_key(args if type(args) is tuple else tuple(args), kwargs)
+            if fk is not None:
+                ik = fk if fingerprint is None else (fingerprint, fk)
+                entry = index.entries.get(ik)
+                if entry is not None:
+                    entry.used = True
+                    self._stats.memo_hits += 1
+                    return Hit(_decoded(entry, custom_result_decoder))
+        else:
+            isolation = context.isolation_key(ischema)
+        key = self._key(fn, callee_name(fn), params, isolation, custom_params_encoder)
         entry = self._lookup(runtime, key)
         if entry is None:
             return None
-        value = entry.value
-        return Hit(custom_result_decoder(value) if custom_result_decoder else value)
+        if index is not None and fk is not None:
+            self._index(runtime, index, entry, fk, ik, params)
+        return Hit(_decoded(entry, custom_result_decoder))
 
     def get_many(
         self,
@@ -210,9 +232,7 @@ class CacheInterface:
         entry_keys = [self._key(fn, callee, p, isolation, custom_params_encoder) for p in many]
         entries = self._lookup_many(runtime, entry_keys)
         decode = custom_result_decoder
-        return [
-            None if e is None else Hit(decode(e.value) if decode else e.value) for e in entries
-        ]
+        return [None if e is None else Hit(_decoded(e, decode)) for e in entries]
 
     def insert(  # noqa: PLR0917 - the contract's signature
         self,
@@ -235,14 +255,24 @@ class CacheInterface:
             raise exceptions.StrictDeterministicCachingInsertionError(
                 f"REDIS_CACHE_STRICT={runtime.policy.strict} forbids inserts"
             )
-        key = self._key(fn, callee_name(fn), params, context.isolation_key(ischema),
-                        custom_params_encoder)  # fmt: skip
+        default = ischema is None and custom_params_encoder is None
+        keyer = self._default_keyer
+        fingerprint = keyer.fingerprint() if default and keyer.varies else None
+        isolation = keyer.key(fingerprint) if default else context.isolation_key(ischema)
+        key = self._key(fn, callee_name(fn), params, isolation, custom_params_encoder)
         stored = custom_result_encoder(result) if custom_result_encoder else result
         computed = Computed(stored, self._encode(runtime, key, stored))
         landed = runtime.policy.flight.insert(key, computed)
         if landed.outcome is Outcome.EXISTED:
             return False
-        self._settle(runtime, key, landed)
+        entry = self._settle(runtime, key, landed)
+        if default:
+            args, kwargs = params
+            args = args if type(args) is tuple else tuple(args)
+            fk = fast_key(args, kwargs)
+            if fk is not None:
+                ik = fk if fingerprint is None else (fingerprint, fk)
+                self._index(runtime, self._shared_index(fn), entry, fk, ik, (args, kwargs))
         return landed.outcome is Outcome.WRITTEN
 
     def record(
@@ -300,22 +330,29 @@ class CacheInterface:
         callee = callee_name(fn)
         keyer = context.IsolationKeyer(ischema)
         varies = keyer.varies
-        index = _FastIndex()
-        self._indexes.add(index)
+        if ischema is None and params_encoder is None:
+            index = self._shared_index(fn)
+        else:
+            index = _FastIndex(fn)
+            self._indexes.add(index)
         entries = index.entries
         stats = self._stats
 
-        def slow(args: tuple[Any, ...], kwargs: dict[str, Any], fk: Any, payload: Any) -> R:
+        def slow(args: tuple[Any, ...], kwargs: dict[str, Any], payload: Any,
+                 probe: tuple[Any, Any, Any]) -> R:  # fmt: skip
             runtime = self._runtime()
             if not runtime.settings.enabled:
                 return fn(*args, **kwargs)
-            key = self._key_of(fn, callee, keyer(), payload)
+            fk, ik, fingerprint = probe
+            # The key of the settings the fast index was asked about, read once per call.
+            key = self._key_of(fn, callee, keyer.key(fingerprint), payload)
             entry = self._lookup(runtime, key)
             if entry is None:
                 call = functools.partial(fn, *args, **kwargs)
                 entry = self._compute(runtime, key, call, encode)
             if fk is not None:
-                runtime.memo.index(entry, entries, fk)
+                keyed = (args, kwargs) if params_encoder is None else ((payload,), None)
+                self._index(runtime, index, entry, fk, ik, keyed)
             value: R = entry.value if decode is None else decode(entry.value)
             return value
 
@@ -327,19 +364,41 @@ class CacheInterface:
             else:  # the encoder may read state that changes (a target arch): key on its output
                 payload = params_encoder(*args, **kwargs)
                 fk = fast_key((payload,), None)
+            fingerprint = keyer.fingerprint() if varies else None
+            ik = fk if fingerprint is None else (fingerprint, fk)
             if fk is not None:
-                if varies:
-                    fk = (keyer(), fk)
-                entry = entries.get(fk)
+                entry = entries.get(ik)
                 if entry is not None:
                     entry.used = True
                     stats.memo_hits += 1
                     value: R = entry.value if decode is None else decode(entry.value)
                     return value
-            return slow(args, kwargs, fk, payload)
+            return slow(args, kwargs, payload, (fk, ik, fingerprint))
 
-        wrapper.__redis_cache_index__ = index  # type: ignore[attr-defined] # close() reaches it weakly
+        wrapper.__redis_cache_index__ = index  # type: ignore[attr-defined] # kept alive with it
         return wrapper
+
+    def _shared_index(self, fn: Callable[..., Any]) -> _FastIndex:
+        """The index of ``fn``'s default calls, shared by record, get and insert."""
+        index = self._by_fn.get(id(fn))
+        if index is not None and index.fn is not None and index.fn() is fn:
+            return index
+        index = _FastIndex(fn)
+        self._indexes.add(index)
+        if index.fn is not None:
+            by_fn, ident = self._by_fn, id(fn)
+            index.fn = weakref.ref(fn, lambda _: by_fn.pop(ident, None))
+            by_fn[ident] = index
+        return index
+
+    @staticmethod
+    def _index(  # noqa: PLR0917
+        runtime: Runtime, index: _FastIndex, entry: MemoEntry, fk: Any, ik: Any, params: Any
+    ) -> None:
+        """Reach ``entry`` from ``index`` under ``ik`` (``fk`` with any isolation), if exact."""
+        args, kwargs = params
+        if indexable(fk, tuple(args), kwargs):
+            runtime.memo.index(entry, index.entries, ik)
 
     # -- the shared steps ------------------------------------------------------------
 
@@ -492,6 +551,10 @@ class CacheInterface:
                 raise exceptions.CorruptEntryError(f"entry {key.callee}/{key.digest} is unusable")
             return runtime.remember(key, computed.value, len(landed.blob))
         return runtime.remember(key, value, len(landed.blob))
+
+
+def _decoded(entry: MemoEntry, decode: Encoder | None) -> Any:
+    return entry.value if decode is None else decode(entry.value)
 
 
 class _NoLayer(Layer[bytes]):

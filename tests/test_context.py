@@ -1,8 +1,8 @@
 """Isolation context: runtime settings that change between calls change the key.
 
-CI has no torch, so a stand-in ``torch`` module (just the attributes the runtime
-forms read) is installed in a subprocess; that is enough to drive the code path
-torch users take: runtime forms vary, the memo fast path keys on them.
+Three worlds, each in a subprocess of its own: real torch (CI installs the
+``torch`` extra), no torch at all, and a stand-in ``torch`` module holding only
+the public attributes an older or stripped torch would have (the fallbacks).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from redis_cache import context
+from tests.support.servers import require_module
 
 FAKE_TORCH = """
 import importlib.machinery, json, sys, tempfile, types
@@ -90,11 +91,87 @@ def test_runtime_settings_that_change_between_calls_change_the_key() -> None:
     assert report["memo_hits"] == 4
 
 
+NO_TORCH = """
+import json, sys
+sys.modules["torch"] = None  # as if not installed: find_spec refuses it
+from redis_cache import context
+everything = context.isolation_context(None)
+print(json.dumps({
+    "varies": context.runtime_varies(None),
+    "stable": context.isolation_key(None) == context.isolation_key(None),
+    "runtime": everything["runtime_context"],
+    "none_differs": context.isolation_key({"runtime_context": False, "compile_context": False})
+    != context.isolation_key(None),
+}))
+"""
+
+
+def run(code: str) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+        check=False, cwd=Path(__file__).parents[1],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
 def test_without_torch_the_key_is_static_and_cached() -> None:
-    assert context.runtime_varies(None) is False
-    assert context.isolation_key(None) == context.isolation_key(None)
-    everything = context.isolation_context(None)
-    assert set(everything["runtime_context"]) == set(context.RUNTIME_FORMS)
-    assert all(v is None for v in everything["runtime_context"].values())
-    none = context.isolation_key({"runtime_context": False, "compile_context": False})
-    assert none != context.isolation_key(None)
+    report = run(NO_TORCH)
+    assert report["varies"] is False and report["stable"] is True
+    assert report["runtime"] == dict.fromkeys(context.RUNTIME_FORMS)
+    assert report["none_differs"] is True
+
+
+REAL_TORCH = """
+import json, tempfile
+from pathlib import Path
+import torch
+from redis_cache import context
+from redis_cache.config import Settings
+from redis_cache.interfaces import FastCache
+
+cache = FastCache(Settings(dir=Path(tempfile.mkdtemp()), stats_interval=0))
+calls = []
+
+def kernel(x):
+    calls.append((torch.are_deterministic_algorithms_enabled(),
+                  torch._inductor.config.max_autotune))
+    return x
+
+recorded = cache.record()(kernel)
+recorded(1); recorded(1)                      # compute, memo hit
+torch.use_deterministic_algorithms(True)
+recorded(1); recorded(1)                      # another key: compute, hit
+torch.use_deterministic_algorithms(False)
+recorded(1)                                   # the first key again: a hit
+torch._inductor.config.max_autotune = not torch._inductor.config.max_autotune
+recorded(1); recorded(1)                      # Inductor's digest changed: compute, hit
+hit = cache.get(kernel, ((1,), {}))           # get() sees the same settings
+keyer = context.IsolationKeyer(None)
+print(json.dumps({
+    "varies": keyer.varies,
+    "calls": calls,
+    "memo_hits": cache.stats().memo_hits,
+    "computations": cache.stats().computations,
+    "hit": hit is not None,
+    "values": context.isolation_context(None)["runtime_context"],
+}))
+"""
+
+
+def test_real_torch_settings_that_flip_between_calls_change_the_key() -> None:
+    require_module("torch")
+    report = run(REAL_TORCH)
+    assert report["varies"] is True
+    assert report["calls"] == [[False, False], [True, False], [False, True]]
+    assert report["computations"] == 3
+    assert report["memo_hits"] == 5
+    assert report["hit"] is True
+    values = report["values"]
+    assert isinstance(values, dict)
+    assert values["torch_determinism_configs"] == {
+        "torch.are_deterministic_algorithms_enabled": False,
+        "torch.is_deterministic_algorithms_warn_only_enabled": False,
+        "torch.utils.deterministic.fill_uninitialized_memory": True,
+    }
+    assert len(values["inductor_configs"]) == 32  # Inductor's own digest, in hex

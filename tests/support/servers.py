@@ -40,6 +40,7 @@ __all__ = [
     "free_port",
     "make_tls_material",
     "require_binary",
+    "require_module",
     "require_tls",
     "start_cluster",
     "start_sentinel_set",
@@ -75,6 +76,14 @@ def require_binary(name: str) -> str:
     if path is None:
         _skip_or_fail(f"{name!r} not found on PATH")
     return path
+
+
+def require_module(name: str) -> None:
+    """Skip the test (fail it under ``CI=true``) when module ``name`` is not installed."""
+    import importlib.util  # noqa: PLC0415
+
+    if importlib.util.find_spec(name) is None:
+        _skip_or_fail(f"{name!r} is not installed (CI installs it with the project's extras)")
 
 
 def require_tls(material: TLSMaterial, binary: str = "redis-server") -> None:
