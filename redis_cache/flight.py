@@ -27,7 +27,7 @@ from .breaker import Admission, CircuitBreaker
 from .layers.base import EntryKey, Layer, Outcome
 from .layers.disk import DiskLayer
 from .retry import Retrier
-from .stats import CacheStats
+from .stats import StatsRecorder
 
 if TYPE_CHECKING:
     from .layers.redis import RedisLayer
@@ -87,7 +87,7 @@ def _required(key: EntryKey, computed: Computed) -> bytes:
     return computed.blob
 
 
-def count(stats: CacheStats, outcome: Outcome) -> Outcome:
+def count(stats: StatsRecorder, outcome: Outcome) -> Outcome:
     """Count what a write did; UNAVAILABLE (nothing could take it) is neither."""
     if outcome is Outcome.WRITTEN:
         stats.inserts += 1
@@ -104,7 +104,7 @@ class Writes:
     """
 
     def __init__(
-        self, layers: tuple[Layer[bytes], ...], backfill: Backfill, stats: CacheStats
+        self, layers: tuple[Layer[bytes], ...], backfill: Backfill, stats: StatsRecorder
     ) -> None:
         self.layers = layers
         self._backfill = backfill
@@ -140,7 +140,7 @@ class NoFlight(Flight):
 class FileFlight(Flight):
     """Local determinism: one computation per key on this machine, under a file lock."""
 
-    def __init__(self, disk: DiskLayer, lock_timeout: float, stats: CacheStats) -> None:
+    def __init__(self, disk: DiskLayer, lock_timeout: float, stats: StatsRecorder) -> None:
         self.disk = disk
         self.lock_timeout = lock_timeout
         self.stats = stats
@@ -196,7 +196,7 @@ class LeaseFlight(Flight):
         self,
         layer: RedisLayer,
         retry: Retrier,
-        stats: CacheStats,
+        stats: StatsRecorder,
         *,
         lock_timeout: float,
         lease: float,
@@ -435,7 +435,7 @@ class FailOpenFlight(Flight):
         lease: LeaseFlight,
         fallback: NoFlight,
         breaker: CircuitBreaker,
-        stats: CacheStats,
+        stats: StatsRecorder,
         note: Callable[[BaseException], None],
     ) -> None:
         self.lease = lease

@@ -19,6 +19,7 @@ import functools
 import inspect
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -30,10 +31,12 @@ from . import config, context, exceptions, forksafe, keys, locks
 from .codec import MAX_RAW_LENGTH
 from .fastkeys import fast_key, indexable
 from .flight import Computed, Landed
+from .hooks import Event, emit
+from .hooks import active as _hooks
 from .layers.base import EntryKey, Layer, Outcome, Space
 from .layers.memo import MemoEntry
 from .runtime import Runtime
-from .stats import CacheStats
+from .stats import CacheStats, StatsRecorder
 
 logger = logging.getLogger("redis_cache")
 
@@ -92,7 +95,7 @@ class CacheInterface:
         self._runtime_: Runtime | None = None
         self._runtime_lock = threading.Lock()
         self._lock = threading.Lock()
-        self._stats = CacheStats()
+        self._stats = StatsRecorder()
         self._indexes: weakref.WeakSet[_FastIndex] = weakref.WeakSet()
         # The index of each function's default calls (no schema, no params encoder),
         # by id(fn): shared by its record wrapper, get and insert.
@@ -204,7 +207,7 @@ class CacheInterface:
                 entry = index.entries.get(ik)
                 if entry is not None:
                     entry.used = True
-                    self._stats.memo_hits += 1
+                    self._count(entry.callee, "memo")
                     return Hit(_decoded(entry, custom_result_decoder))
         else:
             isolation = context.isolation_key(ischema)
@@ -336,7 +339,9 @@ class CacheInterface:
             index = _FastIndex(fn)
             self._indexes.add(index)
         entries = index.entries
-        stats = self._stats
+        counters = self._stats.callee(callee)
+        space = self.space
+        hooks = _hooks
 
         def slow(args: tuple[Any, ...], kwargs: dict[str, Any], payload: Any,
                  probe: tuple[Any, Any, Any]) -> R:  # fmt: skip
@@ -370,7 +375,9 @@ class CacheInterface:
                 entry = entries.get(ik)
                 if entry is not None:
                     entry.used = True
-                    stats.memo_hits += 1
+                    counters.memo_hits += 1
+                    if hooks:
+                        emit(Event("hit", space, callee, "memo"))
                     value: R = entry.value if decode is None else decode(entry.value)
                     return value
             return slow(args, kwargs, payload, (fk, ik, fingerprint))
@@ -426,7 +433,7 @@ class CacheInterface:
     def _lookup(self, runtime: Runtime, key: EntryKey) -> MemoEntry | None:
         entry = runtime.memo.get(key)
         if entry is not None:
-            self._stats.memo_hits += 1
+            self._count(key.callee, "memo")
             return entry
         policy = runtime.policy
         for index, layer in enumerate(policy.reads):
@@ -440,7 +447,7 @@ class CacheInterface:
             value = self._decode(runtime, layer, key, blob)
             if value is _BAD:
                 continue
-            self._count_hit(layer)
+            self._count(key.callee, layer.name)
             if policy.backfill:
                 for upper in policy.reads[:index]:
                     runtime.backfill(upper, key, blob)
@@ -452,7 +459,9 @@ class CacheInterface:
         self, runtime: Runtime, entry_keys: Sequence[EntryKey]
     ) -> list[MemoEntry | None]:
         found: list[MemoEntry | None] = [runtime.memo.get(key) for key in entry_keys]
-        self._stats.memo_hits += sum(e is not None for e in found)
+        for key, entry in zip(entry_keys, found, strict=True):
+            if entry is not None:
+                self._count(key.callee, "memo")
         policy = runtime.policy
         for index, layer in enumerate(policy.reads):
             wanted = [i for i, e in enumerate(found) if e is None]
@@ -466,7 +475,7 @@ class CacheInterface:
                 value = self._decode(runtime, layer, key, blob)
                 if value is _BAD:
                     continue
-                self._count_hit(layer)
+                self._count(key.callee, layer.name)
                 if policy.backfill:
                     for upper in policy.reads[:index]:
                         runtime.backfill(upper, key, blob)
@@ -482,13 +491,21 @@ class CacheInterface:
             raise exceptions.StrictDeterministicCachingKeyNotFoundError(
                 f"REDIS_CACHE_STRICT={strict}: no entry for {key.callee}/{key.digest}"
             )
-        self._stats.misses += 1
+        self._stats.callee(key.callee).misses += 1
+        if _hooks:
+            emit(Event("miss", self.space, key.callee))
 
-    def _count_hit(self, layer: Layer[bytes]) -> None:
-        if layer.name == "disk":
-            self._stats.disk_hits += 1
+    def _count(self, callee: str, layer: str) -> None:
+        """A hit served by ``layer`` (memo, disk or redis)."""
+        counters = self._stats.callee(callee)
+        if layer == "memo":
+            counters.memo_hits += 1
+        elif layer == "disk":
+            counters.disk_hits += 1
         else:
-            self._stats.remote_hits += 1
+            counters.remote_hits += 1
+        if _hooks:
+            emit(Event("hit", self.space, callee, layer))
 
     def _decode(self, runtime: Runtime, layer: Layer[bytes], key: EntryKey, blob: bytes) -> Any:
         try:
@@ -530,8 +547,14 @@ class CacheInterface:
         self, runtime: Runtime, key: EntryKey, call: Callable[[], Any], encode: Encoder | None
     ) -> MemoEntry:
         def compute() -> Computed:
+            started = time.perf_counter()
             result = call()
-            self._stats.computations += 1
+            seconds = time.perf_counter() - started
+            counters = self._stats.callee(key.callee)
+            counters.computations += 1
+            counters.compute_seconds += seconds
+            if _hooks:
+                emit(Event("compute", self.space, key.callee, seconds=seconds))
             stored = result if encode is None else encode(result)
             return Computed(stored, self._encode(runtime, key, stored))
 

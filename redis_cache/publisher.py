@@ -24,7 +24,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING
 
-from .stats import CacheStats
+from .stats import StatsRecorder
 
 if TYPE_CHECKING:
     from .layers.redis import RedisLayer
@@ -57,7 +57,7 @@ class StatsPublisher:
     """Publishes one interface's counter deltas from a daemon thread; never raises."""
 
     def __init__(
-        self, layer: RedisLayer, stats: CacheStats, owner: str, interval: float
+        self, layer: RedisLayer, stats: StatsRecorder, owner: str, interval: float
     ) -> None:
         self._layer = layer
         self._stats = stats

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .exceptions import RemoteError
-from .stats import CacheStats
+from .stats import StatsRecorder
 
 T = TypeVar("T")
 
@@ -35,7 +35,7 @@ class Retrier:
         self,
         deadline: float,
         *,
-        stats: CacheStats,
+        stats: StatsRecorder,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         import tenacity  # noqa: PLC0415 - only processes with a fail-closed remote pay for it

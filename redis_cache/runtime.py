@@ -18,14 +18,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import dumpfile, exceptions, forksafe, locks, policy
+from . import dumpfile, exceptions, forksafe, hooks, locks, policy
 from .codec import Codec
 from .config import Settings
 from .layers.base import EntryKey, Layer, Outcome, Space
 from .layers.disk import DiskLayer
 from .layers.memo import MemoEntry, MemoLayer
 from .retry import Retrier
-from .stats import CacheStats
+from .stats import StatsRecorder
 
 
 def same_value(a: object, b: object) -> bool:
@@ -52,7 +52,7 @@ UNBOUNDED = 1 << 62
 class Runtime:
     """Settings, codec, layers and policy of one interface in this process."""
 
-    def __init__(self, settings: Settings, space: Space, stats: CacheStats) -> None:
+    def __init__(self, settings: Settings, space: Space, stats: StatsRecorder) -> None:
         policy.validate(settings, space)
         self.settings = settings
         self.space = space
@@ -111,6 +111,8 @@ class Runtime:
         level = logging.WARNING if key.digest not in self._bad_logged else logging.DEBUG
         self._bad_logged.add(key.digest)
         logger.log(level, "%s entry %s/%s %s: %s", layer.name, key.callee, key.digest, what, exc)
+        if hooks.active:
+            hooks.emit(hooks.Event("error", self.space, key.callee, layer.name, error=exc))
 
     def note_oversize(self, key: EntryKey, exc: exceptions.ValueTooLargeError) -> None:
         """fcache keeps a result too large for any envelope in this process; warn once."""

@@ -1,18 +1,67 @@
-"""Per-process counters of one interface.
+"""Counters of one interface in this process: live (:class:`StatsRecorder`) and as
+snapshots (:class:`CacheStats`), in total and per callee.
 
 Increments are plain ``+=`` on attributes: under the GIL a racing increment can
 at worst lose a count, which is acceptable for operational counters and keeps
-the memo hit path free of locks.
+the hit path free of locks. Hits, misses and computations are counted per callee
+only (a memo hit pays for one increment) and summed when a snapshot is taken.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+PER_CALLEE = ("memo_hits", "disk_hits", "remote_hits", "misses", "computations", "compute_seconds")
+
+
+class CalleeStats:
+    """One function's hits, misses and computations."""
+
+    __slots__ = PER_CALLEE
+
+    def __init__(self) -> None:
+        self.memo_hits = 0
+        self.disk_hits = 0
+        self.remote_hits = 0
+        self.misses = 0
+        self.computations = 0
+        self.compute_seconds = 0.0
+
+    @property
+    def hits(self) -> int:
+        return self.memo_hits + self.disk_hits + self.remote_hits
+
+    @property
+    def hit_ratio(self) -> float | None:
+        """Hits over lookups (``None`` before the first)."""
+        lookups = self.hits + self.misses
+        return self.hits / lookups if lookups else None
+
+    @property
+    def seconds_saved(self) -> float:
+        """Hits times the mean computation time (0 until one was computed here)."""
+        if not self.computations:
+            return 0.0
+        return self.hits * self.compute_seconds / self.computations
+
+    def as_dict(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in PER_CALLEE}
+
+    def copy(self) -> CalleeStats:
+        copy = CalleeStats()
+        for name in PER_CALLEE:
+            setattr(copy, name, getattr(self, name))
+        return copy
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v}" for k, v in self.as_dict().items() if v)
+        return f"CalleeStats({shown})"
 
 
 @dataclass
 class CacheStats:
-    """Counters since process start (or the last :meth:`reset`)."""
+    """A snapshot of an interface's counters since process start (or the last reset)."""
 
     memo_hits: int = 0
     disk_hits: int = 0
@@ -21,6 +70,7 @@ class CacheStats:
     inserts: int = 0
     insert_conflicts: int = 0
     computations: int = 0
+    compute_seconds: float = 0.0
     corrupt_entries: int = 0
     unverified_entries: int = 0
     oversize_values: int = 0
@@ -33,17 +83,77 @@ class CacheStats:
     lock_wait_seconds: float = 0.0
     takeovers: int = 0
     fencing_rejections: int = 0
+    callees: dict[str, CalleeStats] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def hits(self) -> int:
         return self.memo_hits + self.disk_hits + self.remote_hits
 
+    @property
+    def hit_ratio(self) -> float | None:
+        """Hits over lookups (``None`` before the first)."""
+        lookups = self.hits + self.misses
+        return self.hits / lookups if lookups else None
+
+    @property
+    def seconds_saved(self) -> float:
+        """What the hits saved, each at its callee's mean computation time here."""
+        return sum(c.seconds_saved for c in self.callees.values())
+
     def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+        """The totals, without the per-callee view."""
+        return {name: value for name, value in asdict(self).items() if name != "callees"}
 
     def snapshot(self) -> CacheStats:
-        return CacheStats(**asdict(self))
+        totals: dict[str, Any] = self.as_dict()
+        return CacheStats(**totals, callees={k: v.copy() for k, v in self.callees.items()})
+
+
+_TOTALS = tuple(f.name for f in fields(CacheStats) if f.name not in (*PER_CALLEE, "callees"))
+
+
+class StatsRecorder:
+    """The live counters of one interface: totals, and hits and misses per callee."""
+
+    inserts: int
+    insert_conflicts: int
+    corrupt_entries: int
+    unverified_entries: int
+    oversize_values: int
+    remote_errors: int
+    remote_refusals: int
+    disk_errors: int
+    remote_skipped: int
+    lock_acquisitions: int
+    lock_waits: int
+    lock_wait_seconds: float
+    takeovers: int
+    fencing_rejections: int
+
+    def __init__(self) -> None:
+        self.callees: dict[str, CalleeStats] = {}
+        self.reset()
+
+    def callee(self, name: str) -> CalleeStats:
+        """The counters of one callee (created on first use)."""
+        found = self.callees.get(name)
+        if found is None:
+            found = self.callees.setdefault(name, CalleeStats())
+        return found
+
+    def snapshot(self) -> CacheStats:
+        """Totals with every callee's counters summed in, and a copy of each callee's."""
+        values: dict[str, Any] = {name: getattr(self, name) for name in _TOTALS}
+        callees = {name: counters.copy() for name, counters in list(self.callees.items())}
+        for name in PER_CALLEE:
+            values[name] = sum(getattr(c, name) for c in callees.values())
+        return CacheStats(**values, callees=callees)
+
+    def as_dict(self) -> dict[str, float]:
+        return self.snapshot().as_dict()
 
     def reset(self) -> None:
-        for f in fields(self):
-            setattr(self, f.name, f.default)
+        for name in _TOTALS:
+            setattr(self, name, 0.0 if name.endswith("seconds") else 0)
+        for counters in self.callees.values():
+            counters.__init__()  # type: ignore[misc]

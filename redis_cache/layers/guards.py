@@ -13,10 +13,10 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from .. import exceptions
+from .. import exceptions, hooks
 from ..breaker import Admission, CircuitBreaker
 from ..retry import Retrier
-from ..stats import CacheStats
+from ..stats import StatsRecorder
 from .base import EntryKey, Layer, Outcome
 
 logger = logging.getLogger("redis_cache")
@@ -42,12 +42,14 @@ class FailOpen(Layer[bytes]):
     def __init__(
         self,
         layer: Layer[bytes],
-        stats: CacheStats,
+        stats: StatsRecorder,
         *,
         breaker: CircuitBreaker | None = None,
         repairs: bool = True,
+        space: str = "fcache",
     ) -> None:
         self.layer = layer
+        self.space = space
         self.name = layer.name
         self.stats = stats
         self.breaker = breaker
@@ -59,6 +61,8 @@ class FailOpen(Layer[bytes]):
 
     def note(self, exc: BaseException) -> None:
         """Count a failure; warn on the first of an outage."""
+        if hooks.active:
+            hooks.emit(hooks.Event("error", self.space, "", self.name, error=exc))
         if isinstance(exc, exceptions.DiskLayerError):
             self.stats.disk_errors += 1
         else:
