@@ -46,6 +46,13 @@ class Refused(Exception):
 def _demo(args: argparse.Namespace) -> int:
     from . import demo  # noqa: PLC0415 - keep `--help` fast
 
+    try:
+        demo.check_arguments(args.workers, args.kernels, args.seconds)
+    except ValueError as exc:
+        raise Refused(str(exc), EXIT_USAGE) from exc
+    settings = config.load()
+    if settings.has_remote:
+        check_client_settings(settings)
     return demo.run(workers=args.workers, kernels=args.kernels, compile_seconds=args.seconds)
 
 
@@ -531,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--seconds", type=float, default=0.3, help="cost of one compile (default 0.3)"
     )
-    demo.set_defaults(handler=_demo)
+    demo.set_defaults(handler=guarded(_demo))
     _add_operator_commands(sub)
     return parser
 
