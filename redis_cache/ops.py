@@ -235,13 +235,13 @@ def records(
     for batch in batched(value_keys(layer, space), BATCH):
         sizes = pipelined(layer, "STRLEN", batch, lambda pipe, item: pipe.strlen(item[0]))
         for group in _by_bytes(batch, [int(s or 0) for s in sizes]):
-            # PTTL right after GET, in the same pipeline: the expiry of the value we got.
-            now_ms = int(time.time() * 1000)
-            replies = pipelined(layer, "GET", group, _get_with_pttl)
-            for (_, name), value, pttl in zip(group, replies[0::2], replies[1::2], strict=True):
+            # PEXPIRETIME (Redis 7.0+) right after GET, in the same pipeline: the
+            # absolute expiry of the value we got, the same whoever dumps and when.
+            replies = pipelined(layer, "GET", group, _get_with_expiry)
+            for (_, name), value, at in zip(group, replies[0::2], replies[1::2], strict=True):
                 if value is None:  # deleted or expired since SCAN
                     continue
-                expires = now_ms + int(pttl) if pttl is not None and int(pttl) > 0 else None
+                expires = int(at) if at is not None and int(at) > 0 else None
                 count += 1
                 size += len(value)
                 yield dumpfile.DumpRecord(
@@ -250,9 +250,9 @@ def records(
         progress(count, size)
 
 
-def _get_with_pttl(pipe: Any, item: tuple[bytes, KeyName]) -> None:
+def _get_with_expiry(pipe: Any, item: tuple[bytes, KeyName]) -> None:
     pipe.get(item[0])
-    pipe.pttl(item[0])
+    pipe.execute_command("PEXPIRETIME", item[0])
 
 
 def _by_bytes(items: list[T], sizes: list[int]) -> Iterator[list[T]]:
