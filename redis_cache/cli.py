@@ -102,6 +102,8 @@ def guarded(handler: Handler) -> Handler:
                 return EXIT_USAGE
             _error(str(exc))
             return EXIT_FAILED
+        except BrokenPipeError:
+            raise
         except OSError as exc:
             _error(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
             return EXIT_FAILED
@@ -584,6 +586,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `redis-cache stats | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
