@@ -8,18 +8,25 @@ never a traceback, and never a credential.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
+import os
+import re
+import shutil
 import sys
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from . import config, exceptions
 
 if TYPE_CHECKING:
+    from .layers.disk import DiskLayer
     from .layers.redis import RedisLayer
     from .ops import NamespaceStats
+    from .prune import DiskUsage, PruneReport
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -39,6 +46,13 @@ class Refused(Exception):
 def _demo(args: argparse.Namespace) -> int:
     from . import demo  # noqa: PLC0415 - keep `--help` fast
 
+    try:
+        demo.check_arguments(args.workers, args.kernels, args.seconds)
+    except ValueError as exc:
+        raise Refused(str(exc), EXIT_USAGE) from exc
+    settings = config.load()
+    if settings.has_remote:
+        check_client_settings(settings)
     return demo.run(workers=args.workers, kernels=args.kernels, compile_seconds=args.seconds)
 
 
@@ -61,6 +75,17 @@ def _error(message: str) -> None:
     print(f"redis-cache: {scrub(message, _hidden())}", file=sys.stderr)
 
 
+def is_configuration_error(exc: BaseException) -> bool:
+    """A setting problem, however it surfaced: an invalid variable, or a URL the client
+    builder refused (``connection`` wraps that in ``RemoteUnavailableError``)."""
+    if isinstance(exc, exceptions.InvalidSettingError):
+        return True
+    from . import connection  # noqa: PLC0415
+
+    invalid: type[BaseException] | None = getattr(connection, "_Invalid", None)
+    return invalid is not None and isinstance(exc.__cause__, invalid)
+
+
 def guarded(handler: Handler) -> Handler:
     """Expected failures become one scrubbed sentence and an exit code, never a traceback."""
 
@@ -71,12 +96,14 @@ def guarded(handler: Handler) -> Handler:
         except Refused as exc:
             _error(str(exc))
             return exc.code
-        except exceptions.InvalidSettingError as exc:
-            _error(f"configuration error: {exc}")
-            return EXIT_USAGE
         except exceptions.CacheError as exc:
+            if is_configuration_error(exc):
+                _error(f"configuration error: {exc}")
+                return EXIT_USAGE
             _error(str(exc))
             return EXIT_FAILED
+        except BrokenPipeError:
+            raise
         except OSError as exc:
             _error(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
             return EXIT_FAILED
@@ -95,23 +122,46 @@ def remote_layer(action: str, *, writes: bool) -> RedisLayer:
         raise Refused(
             f"{action} writes to the remote layer, and REDIS_CACHE_READ_ONLY=1", EXIT_USAGE
         )
+    check_client_settings(settings)
     return RedisLayer(settings)
 
 
-class Progress:
-    """A one-line ``\\r`` progress display on a terminal; silent otherwise."""
+def check_client_settings(settings: config.Settings) -> None:
+    """Build (never connect) a client once: a bad URL is a configuration error up front."""
+    from .connection import build_client  # noqa: PLC0415
 
-    def __init__(self, verb: str, stream: TextIO = sys.stderr) -> None:
+    build_client(settings).close()
+
+
+def disk_layer(max_bytes: int | None = None) -> DiskLayer:
+    """This machine's disk layer of the namespace, as workers with these settings use it."""
+    from .layers.disk import DiskLayer  # noqa: PLC0415
+
+    settings = config.load()
+    bound = settings.disk_max_bytes if max_bytes is None else max_bytes
+    return DiskLayer(settings.dir, settings.namespace, max_bytes=bound)
+
+
+class Progress:
+    """A one-line ``\\r`` progress display on a terminal (stderr); silent otherwise.
+
+    With a ``total`` it shows ``n of total`` and a percentage.
+    """
+
+    def __init__(self, verb: str, stream: TextIO | None = None, noun: str = "entries") -> None:
         self.verb = verb
-        self.stream = stream
-        self.enabled = stream.isatty()
+        self.noun = noun
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty()
+        self.total: int | None = None
         self.shown = False
 
     def __call__(self, count: int, size: int) -> None:
         if not self.enabled:
             return
         amount = f", {human_bytes(size)}" if size else ""
-        self.stream.write(f"\r{self.verb} {count} entries{amount}   ")
+        share = f" of {self.total} ({100 * count // self.total}%)" if self.total else ""
+        self.stream.write(f"\r{self.verb} {count}{share} {self.noun}{amount}   ")
         self.stream.flush()
         self.shown = True
 
@@ -149,17 +199,38 @@ def _doctor(args: argparse.Namespace) -> int:
 
 @guarded
 def _stats(args: argparse.Namespace) -> int:
-    from . import ops  # noqa: PLC0415
+    """Sections, each with its text and JSON: the namespace in Redis, this machine's disk."""
+    from . import ops, prune  # noqa: PLC0415
 
-    layer = remote_layer("stats", writes=False)
-    try:
-        result = ops.namespace_stats(layer)
-    finally:
-        layer.close()
+    settings = config.load()
+    remote: NamespaceStats | None = None
+    local: DiskUsage | None = None
+    if not args.local and settings.has_remote:
+        layer = remote_layer("stats", writes=False)
+        progress = Progress("counted")
+        try:
+            remote = ops.namespace_stats(layer, progress)
+        finally:
+            progress.done()
+            layer.close()
+    if args.local or not settings.has_remote:
+        progress = Progress("counted")
+        try:
+            local = prune.disk_usage(disk_layer(), progress)
+        finally:
+            progress.done()
     if args.json:
-        _print_json(result.as_json())
-    else:
-        print(render_stats(result))
+        data: dict[str, Any] = remote.as_json() if remote is not None else {}
+        if local is not None:
+            data["local"] = local.as_json()
+        _print_json(data)
+        return EXIT_OK
+    sections = []
+    if remote is not None:
+        sections.append(render_stats(remote))
+    if local is not None:
+        sections.append(render_local(local, remote_configured=settings.has_remote))
+    print("\n".join(sections))
     return EXIT_OK
 
 
@@ -181,19 +252,63 @@ def render_stats(result: NamespaceStats) -> str:
     return "\n".join(lines)
 
 
+def render_local(usage: DiskUsage, *, remote_configured: bool = True) -> str:
+    total = usage.total
+    bound = human_bytes(usage.max_bytes) if usage.max_bytes else "unbounded"
+    lines = [
+        f"disk layer {usage.root}: {total.entries} entries, {human_bytes(total.bytes)} "
+        f"({total.bytes} bytes), {human_bytes(total.disk_bytes)} on disk; "
+        f"bound for fcache entries: {bound}"
+    ]
+    if not remote_configured:
+        lines[0] += " (no remote layer: REDIS_CACHE_URL is not set)"
+    for space, u in sorted(usage.spaces.items()):
+        lines.append(f"  {space}: {u.entries} entries, {human_bytes(u.disk_bytes)} on disk")
+    if usage.callees:
+        lines.append(f"  {'entries':>9} {'bytes':>14}  callee")
+        for name, u in sorted(usage.callees.items(), key=lambda kv: -kv[1].bytes):
+            lines.append(f"  {u.entries:>9} {u.bytes:>14}  {name}")
+    if usage.leftovers:
+        lines.append(
+            f"  {usage.leftovers} leftover files of interrupted writes (prune removes them)"
+        )
+    return "\n".join(lines)
+
+
 @guarded
 def _dump(args: argparse.Namespace) -> int:
-    from . import ops  # noqa: PLC0415
+    from . import dumpfile, ops  # noqa: PLC0415
 
     layer = remote_layer("dump", writes=False)
     progress = Progress("dumped")
     try:
-        count = ops.dump(layer, Path(args.file), progress)
+        if progress.enabled:
+            progress.total = ops.count_value_keys(layer, args.interface)
+        records = ops.records(layer, progress, args.interface)
+        if args.file == "-":
+            count = dumpfile.write_stream(sys.stdout.buffer, records)
+        else:
+            count = dumpfile.write(Path(args.file), records)
     finally:
         progress.done()
         layer.close()
-    print(f"dumped {count} entries to {args.file}")
+    where = "stdout" if args.file == "-" else args.file
+    # With the dump on stdout, the summary must not mix into it.
+    print(f"dumped {count} entries to {where}", file=sys.stderr if args.file == "-" else sys.stdout)
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _input(file: str) -> Iterator[Path]:
+    """A path to read; stdin is spooled to a temporary file (a dump is verified whole first)."""
+    if file != "-":
+        yield Path(file)
+        return
+    with tempfile.TemporaryDirectory(prefix="redis-cache-load-") as tmp:
+        spooled = Path(tmp) / "stdin"
+        with open(spooled, "wb") as f:
+            shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
+        yield spooled
 
 
 @guarded
@@ -202,14 +317,19 @@ def _load(args: argparse.Namespace) -> int:
 
     layer = remote_layer("load", writes=True)
     progress = Progress("loaded")
+
+    def on_total(total: int) -> None:
+        progress.total = total
+
     try:
-        result = ops.load(layer, Path(args.file), progress)
+        with _input(args.file) as path:
+            result = ops.load(layer, path, progress, on_total)
     finally:
         progress.done()
         layer.close()
     print(
         f"loaded {result.loaded}, skipped {result.existing} existing, "
-        f"{result.oversize} oversize"
+        f"{result.oversize} oversize, {result.expired} expired"
     )
     return EXIT_OK
 
@@ -219,11 +339,15 @@ def _clear(args: argparse.Namespace) -> int:
     from . import ops  # noqa: PLC0415
 
     layer = remote_layer("clear", writes=True)
+    progress = Progress("deleted", noun="keys")
     try:
         if not args.yes:
             confirm(layer, args.callee)
-        deleted = ops.clear(layer, args.callee)
+        if progress.enabled:
+            progress.total = ops.count_doomed(layer, args.callee)
+        deleted = ops.clear(layer, args.callee, progress)
     finally:
+        progress.done()
         layer.close()
     print(f"deleted {deleted} keys")
     return EXIT_OK
@@ -247,6 +371,55 @@ def confirm(layer: RedisLayer, callee: str | None, stdin: TextIO | None = None) 
         raise Refused("not confirmed; nothing was deleted")
 
 
+@guarded
+def _prune(args: argparse.Namespace) -> int:
+    from . import prune  # noqa: PLC0415
+
+    layer = disk_layer(args.max_bytes)
+    if layer.max_bytes <= 0:
+        raise Refused(
+            "prune needs a bound: REDIS_CACHE_DISK_MAX_BYTES is 0 (unbounded); give --max-bytes",
+            EXIT_USAGE,
+        )
+    report = prune.prune(
+        layer, layer.max_bytes, dry_run=args.dry_run, wait=config.load().lock_timeout
+    )
+    if report is None:
+        raise Refused(f"another process kept pruning {layer.root}; nothing was done")
+    if args.json:
+        _print_json(report.as_json())
+    else:
+        print(render_prune(report))
+    return EXIT_OK
+
+
+def render_prune(report: PruneReport) -> str:
+    verb = "would remove" if report.dry_run else "removed"
+    lines = [
+        f"disk layer {report.root}: {report.entries} fcache entries, "
+        f"{human_bytes(report.bytes)} on disk; bound {human_bytes(report.max_bytes)}",
+        f"{verb} {report.removed} least recently used entries ({human_bytes(report.removed_bytes)})"
+        f"; {human_bytes(report.bytes_after)} left",
+    ]
+    if report.kept_in_use:
+        lines.append(f"kept {report.kept_in_use} entries used while pruning")
+    if report.leftovers:
+        lines.append(f"{verb} {report.leftovers} leftover files of interrupted writes")
+    return "\n".join(lines)
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+
+
+def byte_size(text: str) -> int:
+    """``500M``, ``10GiB``, ``1048576``: binary multiples, for --max-bytes."""
+    match = _SIZE.match(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 500M, 10G, 1048576)")
+    number, unit = int(match[1]), match[2].lower()
+    return number << (10 * " kmgt".index(unit or " "))
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -267,19 +440,29 @@ def _add_operator_commands(sub: Any) -> None:
         help="entries, bytes and workers' counters of the namespace",
         description="Count the namespace's entries and value bytes (SCAN; total and per "
         "callee) and show the hit/miss/insert/error counters workers publish every "
-        "REDIS_CACHE_STATS_INTERVAL seconds.",
+        "REDIS_CACHE_STATS_INTERVAL seconds. With --local, or without REDIS_CACHE_URL, "
+        "count this machine's disk layer instead (entries and bytes per interface and "
+        "callee, from the directory tree alone).",
     )
     stats.add_argument("--json", action="store_true", help="print everything as JSON")
+    stats.add_argument(
+        "--local", action="store_true", help="this machine's disk layer, not the namespace"
+    )
     stats.set_defaults(handler=_stats)
 
     dump = sub.add_parser(
         "dump",
         help="write the namespace's entries to a dump file",
         description="Stream every entry of the namespace into FILE (written atomically), in "
-        "the format REDIS_CACHE_PREPOPULATE and `load` read. Entries stay in their signed or "
-        "checksummed envelopes.",
+        "the format REDIS_CACHE_PREPOPULATE and `load` read, with each entry's expiry. "
+        "Entries stay in their signed or checksummed envelopes. FILE - writes to stdout.",
     )
-    dump.add_argument("file", metavar="FILE", help="dump file to write")
+    dump.add_argument("file", metavar="FILE", help="dump file to write, or - for stdout")
+    dump.add_argument(
+        "--interface",
+        choices=("fcache", "dcache"),
+        help="only this interface's entries (default: both)",
+    )
     dump.set_defaults(handler=_dump)
 
     load = sub.add_parser(
@@ -287,11 +470,12 @@ def _add_operator_commands(sub: Any) -> None:
         help="copy a dump file's entries into the namespace (first writer wins)",
         description="Verify FILE whole (a truncated, foreign or corrupt file loads nothing), "
         "then SET NX each entry: existing keys are kept and counted, entries larger than "
-        "REDIS_CACHE_MAX_VALUE_BYTES are skipped and counted. Dumps are for deterministic "
-        "entries: loaded entries get no TTL, whatever REDIS_CACHE_TTL says. Refused under "
-        "REDIS_CACHE_READ_ONLY=1.",
+        "REDIS_CACHE_MAX_VALUE_BYTES are skipped and counted. An entry keeps the expiry it "
+        "had when dumped (one that has passed is skipped and counted); entries dumped "
+        "without a TTL get none, whatever REDIS_CACHE_TTL says. FILE - reads stdin. "
+        "Refused under REDIS_CACHE_READ_ONLY=1.",
     )
-    load.add_argument("file", metavar="FILE", help="dump file to read")
+    load.add_argument("file", metavar="FILE", help="dump file to read, or - for stdin")
     load.set_defaults(handler=_load)
 
     clear = sub.add_parser(
@@ -306,6 +490,22 @@ def _add_operator_commands(sub: Any) -> None:
     clear.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     clear.set_defaults(handler=_clear)
 
+    prune = sub.add_parser(
+        "prune",
+        help="bring this machine's disk layer within its bound (least recently used first)",
+        description="Remove the least recently used fcache entries of this machine's disk "
+        "layer (REDIS_CACHE_DIR, namespace REDIS_CACHE_NAMESPACE) until they occupy at most "
+        "90%% of the bound, and leftovers of interrupted writes. Safe while workers run. "
+        "dcache entries are never removed. The bound is REDIS_CACHE_DISK_MAX_BYTES unless "
+        "--max-bytes is given.",
+    )
+    prune.add_argument(
+        "--max-bytes", type=byte_size, metavar="SIZE", help="the bound, e.g. 500M or 20G"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="report, remove nothing")
+    prune.add_argument("--json", action="store_true", help="print the report as JSON")
+    prune.set_defaults(handler=_prune)
+
 
 def _count(value: float) -> str:
     """Counters as plain numbers: 1234567, not 1.23457e+06; seconds with three decimals."""
@@ -319,6 +519,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Settings come from REDIS_CACHE_* variables, as in workers. Exit codes: 0 ok, "
         "1 a check or operation failed, 2 usage or configuration error.",
     )
+    parser.add_argument("--version", action="version", version=version_line())
+    parser.add_argument(
+        "--url",
+        metavar="URL",
+        help="REDIS_CACHE_URL for this run (a password here shows in the process list: "
+        "prefer the variable for credentials)",
+    )
+    parser.add_argument("--namespace", metavar="NAME", help="REDIS_CACHE_NAMESPACE for this run")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser(
@@ -332,25 +540,55 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--seconds", type=float, default=0.3, help="cost of one compile (default 0.3)"
     )
-    demo.set_defaults(handler=_demo)
+    demo.set_defaults(handler=guarded(_demo))
     _add_operator_commands(sub)
     return parser
+
+
+def version_line() -> str:
+    from importlib import metadata  # noqa: PLC0415
+
+    try:
+        ours = metadata.version("redis_cache")
+    except metadata.PackageNotFoundError:  # run from a source tree
+        ours = "unknown"
+    try:
+        client = metadata.version("redis")
+    except metadata.PackageNotFoundError:
+        client = "missing"
+    python = ".".join(map(str, sys.version_info[:3]))
+    return f"redis-cache {ours} (python {python}, redis-py {client})"
+
+
+def apply_overrides(args: argparse.Namespace) -> None:
+    """``--url``/``--namespace`` win over the environment, for this run and its children."""
+    for value, variable in (
+        (args.url, "REDIS_CACHE_URL"),
+        (args.namespace, "REDIS_CACHE_NAMESPACE"),
+    ):
+        if value is not None:
+            os.environ[variable] = value
+    config.reset()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    apply_overrides(args)
     handler: Handler = args.handler
     try:
         return handler(args)
-    except exceptions.InvalidSettingError as exc:
-        print(f"redis-cache: configuration error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except exceptions.CacheError as exc:
+        if is_configuration_error(exc):
+            print(f"redis-cache: configuration error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         print(f"redis-cache: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `redis-cache stats | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ cluster). redis-py errors become ``RemoteError`` through ``RedisLayer.translated
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,10 +103,14 @@ def scan(layer: RedisLayer, match: str) -> Iterator[bytes]:
             yield bytes(key)
 
 
-def value_keys(layer: RedisLayer) -> Iterator[tuple[bytes, KeyName]]:
-    """Each value key of the namespace once (SCAN may repeat keys; the set costs ~100 B/key)."""
+def value_keys(layer: RedisLayer, space: Space | None = None) -> Iterator[tuple[bytes, KeyName]]:
+    """Each value key of the namespace (or of one interface) once.
+
+    SCAN may repeat keys; the set of seen keys costs ~100 B/key.
+    """
     seen: set[bytes] = set()
-    for key in scan(layer, glob_escape(layer.prefix) + "*"):
+    match = glob_escape(layer.prefix) + (f"{space}:*" if space else "*")
+    for key in scan(layer, match):
         name = parse_key(layer.prefix, key)
         if name is None or name.suffix or key in seen:
             continue
@@ -162,7 +167,12 @@ class NamespaceStats:
         }
 
 
-def namespace_stats(layer: RedisLayer) -> NamespaceStats:
+def count_value_keys(layer: RedisLayer, space: Space | None = None) -> int:
+    """How many entries a dump or stats will visit: one SCAN pass, for progress totals."""
+    return sum(1 for _ in value_keys(layer, space))
+
+
+def namespace_stats(layer: RedisLayer, progress: Progress | None = None) -> NamespaceStats:
     """Count value keys and sum their ``STRLEN`` (the bytes a dump carries), per callee."""
     result = NamespaceStats(layer.settings.namespace, layer.settings.server_name)
     for batch in batched(value_keys(layer), BATCH):
@@ -174,6 +184,8 @@ def namespace_stats(layer: RedisLayer) -> NamespaceStats:
             for u in (usage, result.total):
                 u.entries += 1
                 u.bytes += int(size)
+        if progress is not None:
+            progress(result.total.entries, result.total.bytes)
     result.counters = published_counters(layer)
     return result
 
@@ -200,28 +212,47 @@ def _number(text: str) -> float:
 # --------------------------------------------------------------------------- dump
 
 
-def dump(layer: RedisLayer, path: Path, progress: Progress | None = None) -> int:
-    """Write every entry of the namespace to a dump file; return how many."""
-    return dumpfile.write(path, _records(layer, progress or _no_progress))
+def dump(
+    layer: RedisLayer,
+    path: Path,
+    progress: Progress | None = None,
+    space: Space | None = None,
+) -> int:
+    """Write every entry of the namespace (or of one interface) to a dump file; return how many."""
+    return dumpfile.write(path, records(layer, progress, space))
 
 
 def _no_progress(count: int, size: int) -> None:
     """Progress sink for callers without a terminal."""
 
 
-def _records(layer: RedisLayer, progress: Progress) -> Iterator[dumpfile.DumpRecord]:
+def records(
+    layer: RedisLayer, progress: Progress | None = None, space: Space | None = None
+) -> Iterator[dumpfile.DumpRecord]:
+    """The namespace's entries with their expiry, in pipelined batches."""
+    progress = progress or _no_progress
     count = size = 0
-    for batch in batched(value_keys(layer), BATCH):
+    for batch in batched(value_keys(layer, space), BATCH):
         sizes = pipelined(layer, "STRLEN", batch, lambda pipe, item: pipe.strlen(item[0]))
         for group in _by_bytes(batch, [int(s or 0) for s in sizes]):
-            values = pipelined(layer, "GET", group, lambda pipe, item: pipe.get(item[0]))
-            for (_, name), value in zip(group, values, strict=True):
+            # PEXPIRETIME (Redis 7.0+) right after GET, in the same pipeline: the
+            # absolute expiry of the value we got, the same whoever dumps and when.
+            replies = pipelined(layer, "GET", group, _get_with_expiry)
+            for (_, name), value, at in zip(group, replies[0::2], replies[1::2], strict=True):
                 if value is None:  # deleted or expired since SCAN
                     continue
+                expires = int(at) if at is not None and int(at) > 0 else None
                 count += 1
                 size += len(value)
-                yield dumpfile.DumpRecord(name.callee, name.digest, bytes(value), name.space)
+                yield dumpfile.DumpRecord(
+                    name.callee, name.digest, bytes(value), name.space, expires
+                )
         progress(count, size)
+
+
+def _get_with_expiry(pipe: Any, item: tuple[bytes, KeyName]) -> None:
+    pipe.get(item[0])
+    pipe.execute_command("PEXPIRETIME", item[0])
 
 
 def _by_bytes(items: list[T], sizes: list[int]) -> Iterator[list[T]]:
@@ -243,9 +274,11 @@ def _by_bytes(items: list[T], sizes: list[int]) -> Iterator[list[T]]:
 
 @dataclass
 class LoadResult:
+    total: int = 0  # records in the file
     loaded: int = 0
     existing: int = 0
     oversize: int = 0
+    expired: int = 0  # had a TTL that ran out before the load
     # One written key per node, for WAIT (REDIS_CACHE_MIN_REPLICAS) at the end.
     wait_keys: dict[str, EntryKey] = field(default_factory=dict)
 
@@ -260,13 +293,23 @@ def check_dump(path: Path) -> int:
     return count
 
 
-def load(layer: RedisLayer, path: Path, progress: Progress | None = None) -> LoadResult:
-    """``SET NX`` every entry of a verified dump (first writer wins; no TTL)."""
+def load(
+    layer: RedisLayer,
+    path: Path,
+    progress: Progress | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> LoadResult:
+    """``SET NX`` every entry of a verified dump (first writer wins; expiry kept).
+
+    ``on_total`` hears the record count once the file is verified, before any write.
+    """
     try:
-        check_dump(path)
+        total = check_dump(path)
     except dumpfile.InvalidDumpFileError as exc:
         raise dumpfile.InvalidDumpFileError(f"cannot load: {exc}; nothing was loaded") from exc
-    result = LoadResult()
+    if on_total is not None:
+        on_total(total)
+    result = LoadResult(total=total)
     try:
         _load_records(layer, path, result, progress)
     except dumpfile.InvalidDumpFileError as exc:
@@ -291,8 +334,8 @@ def _node_of(layer: RedisLayer, key: EntryKey) -> str:
 def _load_records(
     layer: RedisLayer, path: Path, result: LoadResult, progress: Progress | None
 ) -> None:
-    records = _fitting(dumpfile.iterate(path), layer.settings.max_value_bytes, result)
-    for batch in _record_batches(records):
+    fitting = _fitting(dumpfile.iterate(path), layer.settings.max_value_bytes, result)
+    for batch in _record_batches(fitting):
         written = pipelined(layer, "SET NX", batch, lambda pipe, r: _set_nx(layer, pipe, r))
         for was_written, record in zip(written, batch, strict=True):
             if was_written:
@@ -302,21 +345,28 @@ def _load_records(
         result.loaded += loaded
         result.existing += len(batch) - loaded
         if progress is not None:
-            progress(result.loaded + result.existing, 0)
+            done = result.loaded + result.existing + result.oversize + result.expired
+            progress(done, 0)
 
 
 def _set_nx(layer: RedisLayer, pipe: Any, record: dumpfile.DumpRecord) -> object:
     key = layer.value_key(EntryKey(record.callee, record.digest, record.space))
+    if record.expires_at_ms is not None:
+        return pipe.set(key, record.blob, nx=True, pxat=record.expires_at_ms)
     return pipe.set(key, record.blob, nx=True)
 
 
 def _fitting(
     records: Iterable[dumpfile.DumpRecord], limit: int, result: LoadResult
 ) -> Iterator[dumpfile.DumpRecord]:
-    """Records the remote layer may store (REDIS_CACHE_MAX_VALUE_BYTES); counts the others."""
+    """Records the remote layer may store (size limit, not expired); counts the others."""
     for record in records:
         if len(record.blob) > limit:
             result.oversize += 1
+            continue
+        # A margin of a second: an entry must not expire between this check and SET.
+        if record.expires_at_ms is not None and record.expires_at_ms < time.time() * 1000 + 1000:
+            result.expired += 1
             continue
         yield record
 
@@ -345,14 +395,27 @@ def clear_pattern(layer: RedisLayer, callee: str | None) -> str:
     return glob_escape(layer.prefix) + "*:" + glob_escape(stored_callee(layer, callee)) + ":*"
 
 
-def clear(layer: RedisLayer, callee: str | None = None) -> int:
-    """Delete the namespace's keys (or one callee's) with batched ``UNLINK``; return how many."""
+def doomed_keys(layer: RedisLayer, callee: str | None = None) -> Iterator[list[bytes]]:
+    """Batches of the keys ``clear`` deletes."""
     wanted = None if callee is None else stored_callee(layer, callee)
-    deleted = 0
     for batch in batched(scan(layer, clear_pattern(layer, callee)), BATCH):
         doomed = batch if wanted is None else [k for k in batch if _callee_of(layer, k) == wanted]
         if doomed:
-            deleted += _unlink(layer, doomed)
+            yield doomed
+
+
+def count_doomed(layer: RedisLayer, callee: str | None = None) -> int:
+    """How many keys ``clear`` would delete now (one SCAN pass)."""
+    return len({k for batch in doomed_keys(layer, callee) for k in batch})
+
+
+def clear(layer: RedisLayer, callee: str | None = None, progress: Progress | None = None) -> int:
+    """Delete the namespace's keys (or one callee's) with batched ``UNLINK``; return how many."""
+    deleted = 0
+    for doomed in doomed_keys(layer, callee):
+        deleted += _unlink(layer, doomed)
+        if progress is not None:
+            progress(deleted, 0)
     return deleted
 
 

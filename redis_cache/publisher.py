@@ -9,10 +9,15 @@ it as one pipelined ``HINCRBY``/``HINCRBYFLOAT`` batch into the namespace's
 and process exit publish once more. A failure is logged at DEBUG and retried with
 the next batch (the deltas are kept); nothing ever raises into a worker.
 
-Fork: a child inherits the parent's counters and publisher, but not its thread.
-``after_fork_in_child`` starts afresh with the inherited counts as the baseline,
-so the parent's counts are published by the parent only; a pid check makes an
-un-reset inherited publisher (a fork that bypassed the at-fork hooks) inert.
+Fork: Python 3.12+ warns that forking a process with threads is deprecated, and
+a thread forked mid-flush would leave its lock held in the child. So before every
+``os.fork()`` each publisher stops its thread (it wakes at once; a flush in
+progress may finish, for up to ``PAUSE_TIMEOUT``), and after it the parent
+starts a new one. A child inherits the parent's counters and publisher, but not
+its thread: ``after_fork_in_child`` starts afresh with the inherited counts as
+the baseline, so the parent's counts are published by the parent only; a pid
+check makes an un-reset inherited publisher (a fork that bypassed the at-fork
+hooks) inert. ``close()`` ends the thread for good.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ logger = logging.getLogger("redis_cache.publisher")
 STATS_KEY_NAME = "!stats"
 # How long a close (and process exit) waits for the thread and for the flush lock.
 CLOSE_TIMEOUT = 2.0
+# How long a fork waits for a publisher thread that is in the middle of a flush.
+PAUSE_TIMEOUT = 1.0
 
 
 def stats_key(prefix: str) -> str:
@@ -76,6 +83,7 @@ class StatsPublisher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._paused = False
         self._published = self._stats.as_dict()
 
     def _start(self) -> None:
@@ -137,6 +145,24 @@ class StatsPublisher:
         self._reset()
         self._start()
 
+    def pause_for_fork(self) -> None:
+        """End the thread before a fork; ``resume_after_fork`` starts a new one in the parent."""
+        thread = self._thread
+        if os.getpid() != self._pid or self._closed or thread is None:
+            return
+        self._stop.set()
+        if thread is not threading.current_thread():
+            thread.join(PAUSE_TIMEOUT)
+        self._thread = None
+        self._paused = True
+
+    def resume_after_fork(self) -> None:
+        if not self._paused or self._closed:
+            return
+        self._paused = False
+        self._stop = threading.Event()
+        self._start()
+
 
 def _run(ref: weakref.ref[StatsPublisher], stop: threading.Event, interval: float) -> None:
     """The publisher thread; holds only a weak reference, so a dropped backend ends it."""
@@ -156,4 +182,15 @@ def _close_all_at_exit() -> None:
         publisher.close()
 
 
+def _pause_all_before_fork() -> None:
+    for publisher in list(_LIVE):
+        publisher.pause_for_fork()
+
+
+def _resume_all_in_parent() -> None:
+    for publisher in list(_LIVE):
+        publisher.resume_after_fork()
+
+
 atexit.register(_close_all_at_exit)
+os.register_at_fork(before=_pause_all_before_fork, after_in_parent=_resume_all_in_parent)

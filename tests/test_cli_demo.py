@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.servers import RedisServer
+
 
 def run_cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 120
@@ -87,3 +89,41 @@ def test_demo_shows_the_redis_layer_and_single_flight(tmp_path: Path, redis_serv
     assert sum(" compiled " in line for line in calls) == 3
     assert any(" redis " in line or " waited " in line for line in calls)
     assert "compilations: 3 " in out
+    assert "remote errors: 0; calls that skipped the remote layer: 0" in out
+
+
+def test_demo_validates_its_arguments() -> None:
+    for args in (("--seconds", "-1"), ("--seconds", "nan"), ("--workers", "0"),
+                 ("--kernels", "0"), ("--workers", "1000")):  # fmt: skip
+        done = run_cli("demo", *args, env=clean_env())
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert args[0] in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.real_redis
+def test_a_failing_worker_stops_the_demo_at_once_with_one_line(tmp_path: Path) -> None:
+    with RedisServer(config=["maxmemory-policy allkeys-lru"]) as server:
+        env = clean_env(REDIS_CACHE_DIR=str(tmp_path), REDIS_CACHE_URL=server.url,
+                        REDIS_CACHE_DETERMINISTIC="1")  # fmt: skip
+        done = run_cli("demo", "--workers", "2", "--kernels", "2", env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "a worker failed: DeterministicCachingRequiresStrongConsistencyError" in done.stdout
+    assert "allkeys-lru" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+@pytest.mark.real_redis
+def test_remote_failures_are_reported_and_fail_the_demo(tmp_path: Path) -> None:
+    acl = ["user nobody-here on >no-rights-pw-1 ~elsewhere:* +@all"]
+    with RedisServer(acl=acl) as server:
+        url = f"redis://nobody-here:no-rights-pw-1@127.0.0.1:{server.port}/0"
+        env = clean_env(REDIS_CACHE_DIR=str(tmp_path), REDIS_CACHE_URL=url)
+        done = run_cli("demo", "--workers", "2", "--kernels", "2", "--seconds", "0",
+                       env=env)  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    summary = done.stdout.split("summary:")[1]
+    errors = int(summary.split("remote errors: ")[1].split(";")[0])
+    skipped = int(summary.split("skipped the remote layer: ")[1].split()[0])
+    assert errors + skipped > 0 and errors > 0, summary
+    assert "the remote layer failed" in done.stdout
+    assert "no-rights-pw-1" not in done.stdout + done.stderr

@@ -8,12 +8,16 @@ import os
 import pty
 import subprocess
 import sys
+import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
+from redis_cache import dumpfile
 from redis_cache.interfaces import FastCache
 from redis_cache.layers.redis import namespace_prefix
 from redis_cache.ops import KeyName, glob_escape, parse_key
@@ -129,19 +133,19 @@ def second_server() -> Iterator[RedisServer]:
 def test_every_subcommand_has_help() -> None:
     top = run_cli("--help", env=clean_env())
     assert top.returncode == 0
-    for command in ("demo", "doctor", "stats", "dump", "load", "clear"):
+    for command in ("demo", "doctor", "stats", "dump", "load", "clear", "prune"):
         assert command in top.stdout
         sub = run_cli(command, "--help", env=clean_env())
         assert sub.returncode == 0, sub.stderr
         assert "usage: redis-cache" in sub.stdout
-    assert "no TTL" in run_cli("load", "--help", env=clean_env()).stdout
+    assert "keeps the expiry" in " ".join(run_cli("load", "--help", env=clean_env()).stdout.split())
 
 
 def test_operations_without_a_remote_layer_are_usage_errors(
     env: dict[str, str], tmp_path: Path
 ) -> None:
     dump = str(tmp_path / "x.dump")
-    for args in (("stats",), ("dump", dump), ("load", dump), ("clear", "--yes")):
+    for args in (("dump", dump), ("load", dump), ("clear", "--yes")):
         done = run_cli(*args, env=env)
         assert done.returncode == 2, (args, done.stderr)
         assert "REDIS_CACHE_URL" in done.stderr
@@ -384,12 +388,12 @@ def test_dump_load_into_a_second_server_serves_remote_hits(
 
         done = run_cli("load", str(dump), env=second)
         assert done.returncode == 0, done.stderr
-        assert done.stdout.strip() == f"loaded {n}, skipped 0 existing, 0 oversize"
+        assert done.stdout.strip() == f"loaded {n}, skipped 0 existing, 0 oversize, 0 expired"
         loaded = namespace_keys(client, env["REDIS_CACHE_NAMESPACE"])
         assert len(loaded) == n
-        assert all(client.ttl(k) == -1 for k in loaded)  # dumps carry no TTL
+        assert all(client.ttl(k) == -1 for k in loaded)  # written without a TTL: none now
         again = run_cli("load", str(dump), env=second)
-        assert again.stdout.strip() == f"loaded 0, skipped {n} existing, 0 oversize"
+        assert again.stdout.strip() == f"loaded 0, skipped {n} existing, 0 oversize, 0 expired"
 
     hits = record({**second, "REDIS_CACHE_DIR": str(tmp_path / "fresh-disk")}, "fcache", n)
     assert hits["values"] == expected_values(n)
@@ -409,7 +413,7 @@ def test_load_skips_oversize_entries_and_is_refused_read_only(
     assert "REDIS_CACHE_READ_ONLY" in refused.stderr
     done = run_cli("load", str(dump), env={**target, "REDIS_CACHE_MAX_VALUE_BYTES": "20"})
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "loaded 0, skipped 0 existing, 3 oversize"
+    assert done.stdout.strip() == "loaded 0, skipped 0 existing, 3 oversize, 0 expired"
     with redis_server.client() as client:
         assert namespace_keys(client, target["REDIS_CACHE_NAMESPACE"]) == []
 
@@ -493,11 +497,123 @@ def test_clear_on_a_terminal_wants_the_namespace_name(
         assert "type the namespace name to confirm" in output.lower()
         assert len(namespace_keys(client, ns)) == count
         code, output = _run_on_terminal(["dump", str(tmp_path / "d.dump")], server_env, b"")
-        assert code == 0 and "\rdumped 2 entries" in output  # the progress line
+        assert code == 0 and "\rdumped 2 of 2 (100%) entries" in output  # progress, total
+        code, output = _run_on_terminal(["load", str(tmp_path / "d.dump")], server_env, b"")
+        assert code == 0 and "\rloaded 2 of 2 (100%) entries" in output, output
+        code, output = _run_on_terminal(["stats"], server_env, b"")
+        assert code == 0 and "\rcounted 2 entries" in output, output
         code, output = _run_on_terminal(["clear"], server_env, ns.encode() + b"\n")
         assert code == 0, output
+        assert f"\rdeleted {count} of {count} (100%) keys" in output, output
         assert f"deleted {count} keys" in output
         assert namespace_keys(client, ns) == []
+
+
+# --------------------------------------------------------------------------- global options
+
+
+def test_version_and_the_url_and_namespace_overrides(
+    env: dict[str, str], redis_server: RedisServer
+) -> None:
+    version = run_cli("--version", env=env)
+    assert version.returncode == 0
+    assert version.stdout.startswith("redis-cache ") and "redis-py" in version.stdout
+    record({**env, "REDIS_CACHE_URL": redis_server.url}, "fcache", 2)
+    # The environment points at a dead server and another namespace; the options win.
+    dead = {**env, "REDIS_CACHE_URL": f"redis://127.0.0.1:{free_port()}/0",
+            "REDIS_CACHE_NAMESPACE": "not-this-one"}  # fmt: skip
+    assert run_cli("stats", env=dead).returncode == 1
+    done = run_cli("--url", redis_server.url, "--namespace", env["REDIS_CACHE_NAMESPACE"],
+                   "stats", "--json", env=dead)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    stats = json.loads(done.stdout)
+    assert stats["namespace"] == env["REDIS_CACHE_NAMESPACE"] and stats["entries"] == 2
+    bad = run_cli("--namespace", "../up", "stats", env=dead)
+    assert bad.returncode == 2 and "REDIS_CACHE_NAMESPACE" in bad.stderr
+
+
+def test_every_configuration_error_exits_2(env: dict[str, str], tmp_path: Path) -> None:
+    password = "hunter2-do-not-print"
+    url = f"redis://:{password}@127.0.0.1:{free_port()}/0?foo=bar"
+    dump = str(tmp_path / "x.dump")
+    for args in (("stats",), ("dump", dump), ("load", dump), ("clear", "--yes"),
+                 ("prune", "--max-bytes", "lots"), ("prune",)):  # fmt: skip
+        done = run_cli(*args, env={**env, "REDIS_CACHE_URL": url})
+        assert done.returncode == 2, (args, done.stderr)
+        assert "Traceback" not in done.stderr and password not in done.stderr
+    assert "'foo'" in run_cli("stats", env={**env, "REDIS_CACHE_URL": url}).stderr
+
+
+# --------------------------------------------------------------------------- dump, load: streams
+
+
+def test_dump_to_stdout_load_from_stdin_keeps_ttls(
+    env: dict[str, str], fresh_redis_server: RedisServer, second_server: RedisServer
+) -> None:
+    ns = env["REDIS_CACHE_NAMESPACE"]
+    source = {**env, "REDIS_CACHE_URL": fresh_redis_server.url, "REDIS_CACHE_TTL": "3600"}
+    record(source, "fcache", 3)
+    record({**source, "REDIS_CACHE_DETERMINISTIC": "1"}, "dcache", 2)
+    target = {**env, "REDIS_CACHE_URL": second_server.url}
+    dump = subprocess.run([sys.executable, "-m", "redis_cache", "dump", "-"], env=source,
+                          capture_output=True, timeout=120, check=True)  # fmt: skip
+    assert dump.stdout.startswith(b"REDIS_CACHE_DUMP")
+    assert b"dumped 5 entries to stdout" in dump.stderr
+    load = subprocess.run([sys.executable, "-m", "redis_cache", "load", "-"], env=target,
+                          input=dump.stdout, capture_output=True, timeout=120,
+                          check=True)  # fmt: skip
+    assert load.stdout.decode().strip() == "loaded 5, skipped 0 existing, 0 oversize, 0 expired"
+    with second_server.client() as client:
+        ttls = {k: client.ttl(k) for k in namespace_keys(client, ns)}
+    fcache_ttls = [t for k, t in ttls.items() if b":fcache:" in k]
+    dcache_ttls = [t for k, t in ttls.items() if b":dcache:" in k]
+    assert len(fcache_ttls) == 3 and all(3500 < t <= 3600 for t in fcache_ttls), ttls
+    assert dcache_ttls == [-1, -1]  # dcache entries never expire, before or after
+    hits = record({**target, "REDIS_CACHE_DIR": str(Path(env["REDIS_CACHE_DIR"]) / "b")},
+                  "fcache", 3)  # fmt: skip
+    assert hits["stats"]["remote_hits"] == 3 and hits["values"] == expected_values(3)
+
+
+def test_dump_one_interface(env: dict[str, str], fresh_redis_server: RedisServer,
+                            tmp_path: Path) -> None:  # fmt: skip
+    source = {**env, "REDIS_CACHE_URL": fresh_redis_server.url}
+    record(source, "fcache", 3)
+    record({**source, "REDIS_CACHE_DETERMINISTIC": "1"}, "dcache", 2)
+    for interface, count in (("dcache", 2), ("fcache", 3)):
+        path = tmp_path / f"{interface}.dump"
+        done = run_cli("dump", "--interface", interface, str(path), env=source)
+        assert done.stdout.strip() == f"dumped {count} entries to {path}"
+        assert {r.space for r in dumpfile.read(path)} == {interface}
+
+
+def test_old_dumps_load_and_expired_entries_are_skipped(
+    env: dict[str, str], fresh_redis_server: RedisServer, tmp_path: Path
+) -> None:
+    target = {**env, "REDIS_CACHE_URL": fresh_redis_server.url}
+    blob = b"an envelope; load does not decode"
+    # Three-field records: the first dump format (dcache entries, no space, no expiry).
+    old = tmp_path / "old.dump"
+    packer = msgpack.Packer(use_bin_type=True)
+    chunks = [packer.pack([CALLEE, f"{i:064x}", blob]) for i in range(2)]
+    crc = 0
+    for chunk in chunks:
+        crc = zlib.crc32(chunk, crc)
+    old.write_bytes(dumpfile.MAGIC + b"".join(chunks) + packer.pack([None, 2, crc]))
+    done = run_cli("load", str(old), env=target)
+    assert done.stdout.strip() == "loaded 2, skipped 0 existing, 0 oversize, 0 expired"
+    now_ms = int(time.time() * 1000)
+    mixed = tmp_path / "mixed.dump"
+    dumpfile.write(mixed, [
+        dumpfile.DumpRecord(CALLEE, "a" * 64, blob, "fcache", now_ms - 1000),  # expired
+        dumpfile.DumpRecord(CALLEE, "b" * 64, blob, "fcache", now_ms + 600_000),
+    ])  # fmt: skip
+    done = run_cli("load", str(mixed), env=target)
+    assert done.stdout.strip() == "loaded 1, skipped 0 existing, 0 oversize, 1 expired"
+    with fresh_redis_server.client() as client:
+        keys = namespace_keys(client, env["REDIS_CACHE_NAMESPACE"])
+        assert len(keys) == 3
+        assert sorted(client.ttl(k) for k in keys)[-1] in range(590, 601)
+        assert sum(b":dcache:" in k for k in keys) == 2
 
 
 # --------------------------------------------------------------------------- cluster
@@ -527,7 +643,7 @@ def test_stats_dump_load_clear_on_a_cluster(
     cleared = run_cli("clear", "--callee", CALLEE, "--yes", env=cluster)
     assert cleared.stdout.strip() == f"deleted {n} keys"
     loaded = run_cli("load", str(dump), env=cluster)
-    assert loaded.stdout.strip() == f"loaded {n}, skipped 0 existing, 0 oversize"
+    assert loaded.stdout.strip() == f"loaded {n}, skipped 0 existing, 0 oversize, 0 expired"
     assert run_cli("clear", "--yes", env=cluster).returncode == 0
     assert json.loads(run_cli("stats", "--json", env=cluster).stdout)["entries"] == 0
 

@@ -74,30 +74,52 @@ def load_yaml(path: Path) -> list[Any]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
 
 
-_INTERPOLATION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
+_INTERPOLATION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+# What an operator's deploy/.env holds: users.acl's passwords and a secret.
+ENV_FILE_VARIABLES = {
+    "REDIS_HEALTHCHECK_PASSWORD": "healthcheck",
+    "REDIS_REPLICATION_PASSWORD": "replication",
+    "REDIS_SENTINEL_PASSWORD": "sentinel",
+    "REDIS_WORKER_PASSWORD": "worker-default",
+}
+COMPOSE_SECRET = "compose-test-secret-0123456789"
 
 
-def interpolate(value: Any) -> Any:
-    """Compose's interpolation, with an empty environment: ``${VAR:-default}``, ``$$``."""
+def dot_env() -> dict[str, str]:
+    env = {name: acl_password(user) for name, user in ENV_FILE_VARIABLES.items()}
+    return {**env, "REDIS_CACHE_SECRET": COMPOSE_SECRET}
+
+
+class MissingVariable(Exception):
+    """Compose would refuse to start: a required ``${VAR:?message}`` is unset."""
+
+
+def interpolate(value: Any, env: dict[str, str]) -> Any:
+    """Compose's interpolation: ``${VAR}``, ``${VAR:-default}``, ``${VAR:?error}``, ``$$``."""
     if isinstance(value, str):
 
         def replace(match: re.Match[str]) -> str:
             if match.group(0) == "$$":
                 return "$"
-            assert match.group(2) is not None, f"{match.group(0)} has no default"
-            return match.group(2)
+            name, operator, argument = match.groups()
+            if env.get(name):
+                return env[name]
+            if operator and operator.endswith("?"):
+                raise MissingVariable(f"{name}: {argument}")
+            return argument if operator else ""
 
         return _INTERPOLATION.sub(replace, value)
     if isinstance(value, dict):
-        return {k: interpolate(v) for k, v in value.items()}
+        return {k: interpolate(v, env) for k, v in value.items()}
     if isinstance(value, list):
-        return [interpolate(v) for v in value]
+        return [interpolate(v, env) for v in value]
     return value
 
 
-def compose() -> dict[str, Any]:
+def compose(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """compose.yaml as compose sees it with ``env`` (default: a complete deploy/.env)."""
     [doc] = load_yaml(DEPLOY / "compose.yaml")
-    return interpolate(doc)
+    return interpolate(doc, dot_env() if env is None else env)
 
 
 def service_env(service: dict[str, Any]) -> dict[str, str]:
@@ -366,13 +388,13 @@ def test_compose_worker_settings_are_valid_and_point_at_the_sentinels() -> None:
     assert url.hostname is None, "with sentinels the URL carries only credentials"
     assert url.username == f"worker-{settings.namespace}"
     assert url.password == acl_password(url.username)
-    assert settings.secret is not None
+    assert settings.secret == COMPOSE_SECRET.encode()
     assert settings.ttl > 0, "volatile-lru can only evict fcache entries that have a TTL"
+    assert settings.disk_max_bytes > 0, "a long-lived worker's disk layer needs a bound"
     # Building the client validates the URL form without connecting.
     build_client(settings).close()
-    command = services["worker"]["command"][-1]
-    for path in re.findall(r"/src/(\S+)", command):
-        assert (ROOT / path).exists(), f"the worker copies /src/{path}, missing from the repo"
+    build = services["worker"]["build"]
+    assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
 
 
 def test_deploy_runs_only_existing_cli_commands(capsys: pytest.CaptureFixture[str]) -> None:
@@ -388,6 +410,123 @@ def test_deploy_runs_only_existing_cli_commands(capsys: pytest.CaptureFixture[st
             missing.append(command)
     capsys.readouterr()
     assert missing == [], f"deploy/ runs redis-cache {', '.join(missing)}, not in the CLI"
+
+
+def test_compose_requires_every_secret_and_falls_back_to_no_placeholder() -> None:
+    [raw] = load_yaml(DEPLOY / "compose.yaml")
+    text = yaml.safe_dump(raw)  # values only: comments may explain what to set
+    assert "CHANGE-ME" not in text
+    used = {m.group(1): m.group(2) for m in _INTERPOLATION.finditer(text) if m.group(1)}
+    assert set(used) == {*ENV_FILE_VARIABLES, "REDIS_CACHE_SECRET"}
+    assert set(used.values()) == {":?"}, f"fallbacks: {used}"
+    compose()  # complete: starts
+    for missing in used:
+        with pytest.raises(MissingVariable, match=missing):
+            compose({k: v for k, v in dot_env().items() if k != missing})
+
+
+def _restricted_problems(where: str, spec: dict[str, Any]) -> list[str]:
+    """What the restricted Pod Security Standard refuses in a pod spec."""
+    problems = []
+    pod = spec.get("securityContext") or {}
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(field):
+            problems.append(f"{where}: {field}")
+    problems += [f"{where}: hostPath volume {v['name']}" for v in spec.get("volumes", [])
+                 if "hostPath" in v]  # fmt: skip
+    for container in [*spec.get("initContainers", []), *spec["containers"]]:
+        own = container.get("securityContext") or {}
+        name = f"{where}/{container['name']}"
+
+        def setting(key: str, own: dict[str, Any] = own) -> Any:
+            return own.get(key, pod.get(key))
+
+        if setting("runAsNonRoot") is not True:
+            problems.append(f"{name}: runAsNonRoot is not true")
+        if setting("runAsUser") == 0:
+            problems.append(f"{name}: runs as uid 0")
+        if (setting("seccompProfile") or {}).get("type") not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{name}: no seccompProfile RuntimeDefault")
+        if own.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name}: allowPrivilegeEscalation is not false")
+        if own.get("privileged"):
+            problems.append(f"{name}: privileged")
+        capabilities = own.get("capabilities") or {}
+        if "ALL" not in capabilities.get("drop", []):
+            problems.append(f"{name}: capabilities not dropped (drop: [ALL])")
+        if set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}:
+            problems.append(f"{name}: adds capabilities {capabilities['add']}")
+    return problems
+
+
+def test_every_pod_meets_the_restricted_pod_security_standard() -> None:
+    objects = k8s_objects()
+    specs = pod_specs(objects)
+    assert {where.split("/")[0] for where, _ in specs} >= {"StatefulSet", "Job"}
+    problems = [p for where, t in specs for p in _restricted_problems(where, t["spec"])]
+    assert problems == []
+    labels = objects[("Namespace", "redis-cache")]["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    # The check itself catches what it should.
+    assert len(_restricted_problems("x", {"containers": [{"name": "c"}]})) == 4
+
+
+PINNED = re.compile(r"^[\w./-]+:[\w.-]+@sha256:[0-9a-f]{64}$")
+WORKER_IMAGE = "redis-cache-worker"
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """deploy/Dockerfile as (instruction, arguments), continuation lines joined."""
+    text = re.sub(r"\\\n", " ", (DEPLOY / "Dockerfile").read_text())
+    lines = [line.strip() for line in text.splitlines()]
+    return [tuple(line.split(None, 1)) for line in lines if line and not line.startswith("#")]  # type: ignore[misc]
+
+
+def test_every_third_party_image_is_pinned_by_tag_and_digest() -> None:
+    version = re.search(r'(?m)^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text())[1]
+    images = [(f"compose {n}", s["image"]) for n, s in compose()["services"].items()]
+    for where, template in pod_specs(k8s_objects()):
+        spec = template["spec"]
+        for c in [*spec.get("initContainers", []), *spec["containers"]]:
+            images.append((f"{where}/{c['name']}", c["image"]))
+    images += [("Dockerfile", args) for op, args in dockerfile() if op == "FROM"]
+    ours = [(where, image) for where, image in images if image.startswith(WORKER_IMAGE + ":")]
+    job = "Job/redis-cache-worker-example/worker"
+    assert {where for where, _ in ours} == {"compose worker", job}
+    # Built here from deploy/Dockerfile, so it carries the package's version.
+    assert {image for _, image in ours} == {f"{WORKER_IMAGE}:{version}"}
+    unpinned = [(w, i) for w, i in images if (w, i) not in ours and not PINNED.match(i)]
+    assert unpinned == []
+    assert any(i.startswith("redis:7.") for _, i in images)
+
+
+def test_the_worker_dockerfile_builds_from_what_the_repository_has() -> None:
+    steps = dockerfile()
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    assert "*" in ignore, "the build context should send only what the image needs"
+    copies = [args.split() for op, args in steps if op == "COPY"]
+    assert copies
+    for *sources, _ in copies:
+        for source in sources:
+            assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+            assert source.rstrip("/") in allowed, f"COPY {source}: excluded from the context"
+    # The same install as the README's for use (not an editable development install).
+    [run] = [args for op, args in steps if op == "RUN" and "pip install" in args]
+    pip = re.search(r"pip install ([^&]+)", run)[1].split()
+    target = [word for word in pip if not word.startswith("-")]
+    assert target == ["."]
+    assert "`pip install .`" in (ROOT / "README.md").read_text()
+    # A numeric non-root user: Kubernetes checks runAsNonRoot against the number.
+    [user] = [args for op, args in steps if op == "USER"]
+    uid = int(user.split(":")[0])
+    assert uid > 0
+    [job] = [t for w, t in pod_specs(k8s_objects()) if w.startswith("Job/")]
+    assert job["spec"]["securityContext"]["runAsUser"] == uid
+    entrypoint = next(args for op, args in steps if op == "ENTRYPOINT")
+    assert "redis-cache" in entrypoint
+    env = " ".join(args for op, args in steps if op == "ENV")
+    assert "REDIS_CACHE_DIR=/cache" in env
 
 
 def test_k8s_references_resolve() -> None:
