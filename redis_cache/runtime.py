@@ -60,7 +60,7 @@ class Runtime:
         self.codec = Codec(settings.secret, settings.compression)
         bound = UNBOUNDED if policy.unbounded_memo(settings, space) else settings.memo_max_bytes
         self.memo = MemoLayer(bound)
-        self.disk = DiskLayer(settings.dir, settings.namespace)
+        self.disk = DiskLayer(settings.dir, settings.namespace, max_bytes=settings.disk_max_bytes)
         self.redis: RedisLayer | None = None
         self.publisher: StatsPublisher | None = None
         if settings.has_remote and settings.enabled:
