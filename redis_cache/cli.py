@@ -203,6 +203,8 @@ def _stats(args: argparse.Namespace) -> int:
     from . import ops, prune  # noqa: PLC0415
 
     settings = config.load()
+    if args.zero or args.prometheus:
+        return _stats_counters(args)
     remote: NamespaceStats | None = None
     local: DiskUsage | None = None
     if not args.local and settings.has_remote:
@@ -234,6 +236,28 @@ def _stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _stats_counters(args: argparse.Namespace) -> int:
+    """``--zero`` forgets the published counters; ``--prometheus`` prints them as metrics."""
+    from . import metrics, ops  # noqa: PLC0415
+
+    layer = remote_layer("stats --zero" if args.zero else "stats --prometheus",
+                         writes=args.zero)  # fmt: skip
+    try:
+        if args.zero:
+            had = ops.zero_counters(layer)
+            print("published counters zeroed" if had else "no published counters to zero")
+            return EXIT_OK
+        totals, per_callee = ops.read_counters(layer)
+    finally:
+        layer.close()
+    owners = sorted(set(totals) | set(per_callee))
+    print(metrics.exposition(
+        s for owner in owners
+        for s in metrics.samples(owner, totals.get(owner, {}), per_callee.get(owner, {}))
+    ), end="")  # fmt: skip
+    return EXIT_OK
+
+
 def render_stats(result: NamespaceStats) -> str:
     total = result.total
     lines = [
@@ -249,7 +273,23 @@ def render_stats(result: NamespaceStats) -> str:
     for owner, counters in sorted(result.counters.items()):
         shown = " ".join(f"{k}={_count(v)}" for k, v in sorted(counters.items()) if v)
         lines.append(f"counters {owner}: {shown or 'all zero'}")
+    for owner, by_callee in sorted(result.callee_counters.items()):
+        lines.append(f"  {owner:<7} {'hits':>9} {'misses':>8} {'hit %':>6} {'computed':>9} "
+                     f"{'saved':>10}  callee")  # fmt: skip
+        for callee, counters in sorted(by_callee.items()):
+            lines.append("  " + _callee_line(callee, counters))
     return "\n".join(lines)
+
+
+def _callee_line(callee: str, counters: dict[str, float]) -> str:
+    from .ops import with_ratios  # noqa: PLC0415
+
+    c = with_ratios(counters)
+    hits = sum(int(c.get(k) or 0) for k in ("memo_hits", "disk_hits", "remote_hits"))
+    ratio = "-" if c["hit_ratio"] is None else f"{100 * c['hit_ratio']:.1f}"
+    saved = "-" if c["seconds_saved"] is None else f"{c['seconds_saved']:.1f}s"
+    return (f"{'':<7} {hits:>9} {int(c.get('misses') or 0):>8} {ratio:>6} "
+            f"{int(c.get('computations') or 0):>9} {saved:>10}  {callee}")  # fmt: skip
 
 
 def render_local(usage: DiskUsage, *, remote_configured: bool = True) -> str:
@@ -447,6 +487,15 @@ def _add_operator_commands(sub: Any) -> None:
     stats.add_argument("--json", action="store_true", help="print everything as JSON")
     stats.add_argument(
         "--local", action="store_true", help="this machine's disk layer, not the namespace"
+    )
+    shown = stats.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--zero", action="store_true", help="forget the counters workers published (not entries)"
+    )
+    shown.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="print the published counters in the Prometheus text format",
     )
     stats.set_defaults(handler=_stats)
 

@@ -152,6 +152,8 @@ class NamespaceStats:
     total: Usage = field(default_factory=Usage)
     callees: dict[str, Usage] = field(default_factory=dict)
     counters: dict[str, dict[str, float]] = field(default_factory=dict)
+    # {owner: {callee: {counter: total}}}, as workers published them
+    callee_counters: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -164,7 +166,28 @@ class NamespaceStats:
                 for name, u in sorted(self.callees.items())
             },
             "counters": self.counters,
+            "callee_counters": {
+                owner: {callee: with_ratios(c) for callee, c in sorted(by_callee.items())}
+                for owner, by_callee in sorted(self.callee_counters.items())
+            },
         }
+
+
+def with_ratios(counters: dict[str, float]) -> dict[str, float | None]:
+    """A callee's counters plus its hit ratio and the compute time its hits saved.
+
+    Saved time is hits times the mean computation time fleet-wide: what the fleet
+    would have spent computing instead (``None`` until one computation was published).
+    """
+    hits = sum(counters.get(k, 0) for k in ("memo_hits", "disk_hits", "remote_hits"))
+    lookups = hits + counters.get("misses", 0)
+    computations = counters.get("computations", 0)
+    seconds = counters.get("compute_seconds", 0.0)
+    return {
+        **counters,
+        "hit_ratio": hits / lookups if lookups else None,
+        "seconds_saved": hits * seconds / computations if computations else None,
+    }
 
 
 def count_value_keys(layer: RedisLayer, space: Space | None = None) -> int:
@@ -186,20 +209,42 @@ def namespace_stats(layer: RedisLayer, progress: Progress | None = None) -> Name
                 u.bytes += int(size)
         if progress is not None:
             progress(result.total.entries, result.total.bytes)
-    result.counters = published_counters(layer)
+    result.counters, result.callee_counters = read_counters(layer)
     return result
 
 
 def published_counters(layer: RedisLayer) -> dict[str, dict[str, float]]:
-    """The ``!stats`` hash as ``{owner: {counter: total}}``."""
+    """The totals of the ``!stats`` hash as ``{owner: {counter: total}}``."""
+    return read_counters(layer)[0]
+
+
+def read_counters(
+    layer: RedisLayer,
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, dict[str, float]]]]:
+    """The ``!stats`` hash: totals per owner, and counters per owner and callee."""
     client = layer.client()
     with layer.translated("HGETALL"):
         raw = client.hgetall(stats_key(layer.prefix))
-    counters: dict[str, dict[str, float]] = {}
+    totals: dict[str, dict[str, float]] = {}
+    per_callee: dict[str, dict[str, dict[str, float]]] = {}
     for field_name, value in sorted(raw.items()):
-        owner, _, counter = bytes(field_name).decode(errors="replace").partition(".")
-        counters.setdefault(owner, {})[counter] = _number(bytes(value).decode())
-    return counters
+        text = bytes(field_name).decode(errors="replace")
+        number = _number(bytes(value).decode())
+        if text.count("|") >= 2:
+            owner, rest = text.split("|", 1)
+            callee, _, counter = rest.rpartition("|")
+            per_callee.setdefault(owner, {}).setdefault(callee, {})[counter] = number
+        else:
+            owner, _, counter = text.partition(".")
+            totals.setdefault(owner, {})[counter] = number
+    return totals, per_callee
+
+
+def zero_counters(layer: RedisLayer) -> bool:
+    """Forget what workers published (``stats --zero``); whether there was anything."""
+    client = layer.client()
+    with layer.translated("DEL"):
+        return bool(client.delete(stats_key(layer.prefix)))
 
 
 def _number(text: str) -> float:

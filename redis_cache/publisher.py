@@ -1,12 +1,13 @@
 """Workers' counters summed fleet-wide, for ``redis-cache stats``.
 
-Each :class:`~redis_cache.backend.Backend` with a writable remote layer owns a
+Each :class:`~redis_cache.runtime.Runtime` with a writable remote layer owns a
 :class:`StatsPublisher`. It never runs on the caller's path: a daemon thread wakes
-every ``REDIS_CACHE_STATS_INTERVAL`` seconds, computes what the process's
-:class:`~redis_cache.stats.CacheStats` gained since the last publication, and sends
-it as one pipelined ``HINCRBY``/``HINCRBYFLOAT`` batch into the namespace's
-``!stats`` hash (fields ``<owner>.<counter>``, e.g. ``fcache.misses``). ``close()``
-and process exit publish once more. A failure is logged at DEBUG and retried with
+every ``REDIS_CACHE_STATS_INTERVAL`` seconds, computes what the process's counters
+gained since the last publication, and sends it as one pipelined
+``HINCRBY``/``HINCRBYFLOAT`` batch into the namespace's ``!stats`` hash: totals as
+``<owner>.<counter>`` (``fcache.misses``), per callee as
+``<owner>|<callee>|<counter>`` (``fcache|pkg.compile|memo_hits``). ``close()`` and
+process exit publish once more. A failure is logged at DEBUG and retried with
 the next batch (the deltas are kept); nothing ever raises into a worker.
 
 Fork: Python 3.12+ warns that forking a process with threads is deprecated, and
@@ -84,7 +85,7 @@ class StatsPublisher:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._paused = False
-        self._published = self._stats.as_dict()
+        self._published = self._fields()
 
     def _start(self) -> None:
         if self._interval <= 0:
@@ -104,7 +105,7 @@ class StatsPublisher:
         if not self._lock.acquire(timeout=lock_timeout):
             return False
         try:
-            current = self._stats.as_dict()
+            current = self._fields()
             gained = deltas(self._published, current)
             if gained:
                 self._send(gained)
@@ -120,13 +121,22 @@ class StatsPublisher:
         client = self._layer.client()
         with self._layer.translated("publish counters"):
             pipe = client.pipeline(transaction=False)
-            for name, delta in gained.items():
-                field = f"{self._owner}.{name}"
+            for field, delta in gained.items():
                 if isinstance(delta, int):
                     pipe.hincrby(self._key, field, delta)
                 else:
                     pipe.hincrbyfloat(self._key, field, delta)
             pipe.execute()
+
+    def _fields(self) -> dict[str, float]:
+        """Every counter of the interface under its hash field name."""
+        snapshot = self._stats.snapshot()
+        owner = self._owner
+        fields = {f"{owner}.{name}": value for name, value in snapshot.as_dict().items()}
+        for callee, counters in snapshot.callees.items():
+            for name, value in counters.as_dict().items():
+                fields[f"{owner}|{callee}|{name}"] = value
+        return fields
 
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """Stop the thread and publish the rest (bounded); a no-op in a forked child."""
