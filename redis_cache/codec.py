@@ -44,6 +44,7 @@ import itertools
 import pickle
 import struct
 import threading
+import typing
 import zlib
 from collections.abc import Callable
 from typing import Any, Final, Generic, Literal, NamedTuple, TypeVar
@@ -52,6 +53,7 @@ import msgpack
 import xxhash
 
 from . import exceptions
+from .config import Compression
 
 _zstd: Any
 try:  # optional: only needed to write or read zstd-compressed entries
@@ -76,7 +78,6 @@ __all__ = [
     "read_header",
 ]
 
-Compression = Literal["auto", "zlib", "zstd", "off"]
 Buffer = bytes | bytearray | memoryview
 T = TypeVar("T")
 
@@ -434,9 +435,9 @@ class Codec:
             raise exceptions.InvalidSettingError(
                 "REDIS_CACHE_SECRET", "<redacted>", "a non-empty secret"
             )
-        if compression not in ("auto", "zlib", "zstd", "off"):
+        if compression not in typing.get_args(Compression):
             raise exceptions.InvalidSettingError(
-                "REDIS_CACHE_COMPRESSION", str(compression), "auto, zlib, zstd, off"
+                "REDIS_CACHE_COMPRESSION", str(compression), ", ".join(typing.get_args(Compression))
             )
         self._secret = secret
         self._compression = compression
