@@ -45,13 +45,6 @@ class Hit:
     value: Any
 
 
-def callee_name(fn: Fn) -> str:
-    """Module-qualified name: the bare ``__name__`` collides across modules."""
-    module = getattr(fn, "__module__", None) or getattr(type(fn), "__module__", "builtins")
-    qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-    return f"{module}.{qualname}"
-
-
 def _fast_key(args: tuple[Any, ...]) -> tuple[Any, ...] | None:
     for arg in args:
         if type(arg) not in _FAST_TYPES:
@@ -177,6 +170,7 @@ class CacheInterface(ABC):
             )
 
         def decorator(fn: Callable[..., R]) -> Callable[..., R]:
+            keys.callee_of(fn, has_params_encoder=custom_params_encoder is not None)
             return self._make_wrapper(
                 fn,
                 ischema=ischema,
@@ -265,18 +259,18 @@ class CacheInterface(ABC):
     # -- shared steps --------------------------------------------------------------
 
     def _key(self, fn: Fn, params: Params, isolation: str, params_encoder: Fn | None) -> EntryKey:
-        callee = callee_name(fn)
+        callee = keys.callee_of(fn, has_params_encoder=params_encoder is not None)
         args, kwargs = params
         try:
-            payload = (
+            payload = callee.payload(
                 params_encoder(*args, **kwargs) if params_encoder else (tuple(args), dict(kwargs))
             )
             # Each interface has a key space of its own: dcache must never adopt an
             # fcache entry (raced, possibly carrying a TTL that lets Redis evict it).
-            digest = keys.entry_digest(callee, f"{self.name}/{isolation}", payload)
+            digest = keys.entry_digest(callee.name, f"{self.name}/{isolation}", payload)
         except exceptions.KeyEncodingError as exc:
-            raise exceptions.CustomParamsEncoderRequiredError(fn, str(exc)) from exc
-        return EntryKey(callee, digest, self.space)
+            raise exceptions.CustomParamsEncoderRequiredError(callee.name, str(exc)) from exc
+        return EntryKey(callee.name, digest, self.space)
 
     def _encode(self, backend: Backend, key: EntryKey, stored: Any) -> bytes:
         try:

@@ -149,6 +149,27 @@ def test_a_url_without_a_host_needs_sentinels() -> None:
 # --------------------------------------------------------------------------- ranges
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("REDIS_CACHE_SOCKET_TIMEOUT", "inf"),
+        ("REDIS_CACHE_SOCKET_TIMEOUT", "1e300"),
+        ("REDIS_CACHE_LOCK_TIMEOUT", "inf"),
+        ("REDIS_CACHE_LOCK_LEASE", "inf"),
+        ("REDIS_CACHE_LOCK_LEASE", "1e300"),
+        ("REDIS_CACHE_STATS_INTERVAL", "inf"),
+        ("REDIS_CACHE_RETRY_DEADLINE", "nan"),
+        ("REDIS_CACHE_CONNECT_TIMEOUT", "1e300"),
+    ],
+)
+def test_infinite_and_huge_numbers_are_refused(variable: str, value: str) -> None:
+    # Each of these passed validation and failed far away (OverflowError, ValueError,
+    # a server's ResponseError, a dead publisher thread).
+    with pytest.raises(exceptions.InvalidSettingError) as info:
+        config.load({variable: value})
+    assert variable in str(info.value) and "accepted" in str(info.value)
+
+
 FLOATS = sorted(name for name, r in config.RANGES.items() if r.kind is float)
 
 
