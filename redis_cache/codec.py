@@ -548,6 +548,36 @@ class Codec:
         :class:`CorruptEntryError` (broken, foreign or tampered),
         :class:`ValueUnPicklingError` (a verified pickle that does not load here).
         """
+        header, raw, copy = self._open(key_id, blob)
+        if header.codec == CODEC_RAW:
+            if copy is not None:
+                return copy
+            return raw if type(raw) is bytes else bytes(raw)  # the one copy of the payload
+        if header.codec == CODEC_MSGPACK:
+            try:
+                return _unpack(raw)
+            except exceptions.ValueDecodingError:
+                raise
+            except Exception as exc:  # msgpack raises many types on garbage
+                raise _corrupt(f"bad msgpack payload ({type(exc).__name__}: {exc})") from exc
+        try:  # a verified pickle: we wrote it ourselves (or someone holding our secret did)
+            return pickle.loads(raw)
+        except Exception as exc:
+            raise exceptions.ValueUnPicklingError(f"{type(exc).__name__}: {exc}") from exc
+
+    def payload(self, key_id: bytes, blob: Buffer) -> tuple[int, bytes]:
+        """``(codec id, serialized payload)`` of a verified envelope, without deserializing.
+
+        Two envelopes of one key hold the same value if these are equal, whatever
+        their compression: what the dump merge compares for values keys cannot encode.
+        Raises what :meth:`decode` raises for an envelope it would not read.
+        """
+        header, raw, _ = self._open(key_id, blob)
+        return header.codec, bytes(raw)
+
+    def _open(self, key_id: bytes, blob: Buffer) -> tuple[Header, Buffer, bytes | None]:
+        """Check ``blob`` and return its header, its decompressed payload, and a copy of
+        that payload if one was made while the signature was checked."""
         view = _view(blob)
         header = _parse_header(view)
         if header.codec == CODEC_PICKLE and not header.signed:
@@ -590,21 +620,7 @@ class Codec:
         raw = _decompress(header, payload)
         if len(raw) != header.raw_length:
             raise _corrupt(f"payload is {len(raw)} bytes, header says {header.raw_length}")
-        if header.codec == CODEC_RAW:
-            if copy is not None:
-                return copy
-            return raw if type(raw) is bytes else bytes(raw)  # the one copy of the payload
-        if header.codec == CODEC_MSGPACK:
-            try:
-                return _unpack(raw)
-            except exceptions.ValueDecodingError:
-                raise
-            except Exception as exc:  # msgpack raises many types on garbage
-                raise _corrupt(f"bad msgpack payload ({type(exc).__name__}: {exc})") from exc
-        try:  # a verified pickle: we wrote it ourselves (or someone holding our secret did)
-            return pickle.loads(raw)
-        except Exception as exc:
-            raise exceptions.ValueUnPicklingError(f"{type(exc).__name__}: {exc}") from exc
+        return header, raw, copy
 
 
 def _auto_zlib(raw: bytes) -> bytes | None:

@@ -547,7 +547,7 @@ class DeterministicCache(CacheInterface):
                 continue
             key = EntryKey(entry.callee, digest, "dcache")
             try:
-                same = _same_value(backend.codec.decode(key.key_id, previous.blob), entry.value)
+                same = _same_value(backend, key, previous.blob, entry)
             except exceptions.ValueDecodingError:
                 same = False
             if not same:
@@ -630,15 +630,16 @@ class DeterministicCache(CacheInterface):
         return inserted
 
 
-def _same_value(a: object, b: object) -> bool:
-    """Equal and of the same type all the way down (1 and True are different results)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same_value(v, b[k]) for k, v in a.items())
-    return bool(a == b)
+def _same_value(backend: Backend, key: EntryKey, stored: bytes, ours: MemoEntry) -> bool:
+    """The dump's entry holds our result: equal canonical encodings (``1`` and ``True``,
+    ``0.0`` and ``-0.0`` differ), or, for results keys cannot encode (signed pickles),
+    the same serialized payload whatever the compression."""
+    same = keys.same_value(backend.codec.decode(key.key_id, stored), ours.value)
+    if same is None:
+        return backend.codec.payload(key.key_id, stored) == backend.codec.payload(
+            key.key_id, ours.blob
+        )
+    return same
 
 
 def _dump_at_exit(cache: DeterministicCache, path: Path) -> None:
