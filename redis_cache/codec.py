@@ -35,6 +35,13 @@ Why these rules:
   look the same. Everything else that is wrong is :class:`CorruptEntryError`.
 * Decompression is bounded by the declared raw length (at most 1 GiB), so a
   small entry can never make a reader allocate more than it declared.
+* An unsigned entry can be planted by anyone who can write to Redis, so what an
+  unsigned msgpack entry may cost a reader is bounded (signed entries are
+  trusted): its payload inflates at most ``UNSIGNED_MAX_INFLATION`` times (writers
+  store such payloads uncompressed instead), and the containers it decodes to may
+  take at most ``UNSIGNED_MAX_EXPANSION`` bytes of memory per payload byte
+  (msgpack turns a 1-byte empty map into a 64-byte dict; only values made mostly
+  of empty containers come near). Either excess is a :class:`CorruptEntryError`.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ import hmac
 import itertools
 import pickle
 import struct
+import sys
 import threading
 import typing
 import zlib
@@ -94,6 +102,12 @@ FLAG_SIGNED: Final = 0x04
 HMAC_TAG_SIZE: Final = 32
 CHECKSUM_TAG_SIZE: Final = 8
 MAX_RAW_LENGTH: Final = 1 << 30  # 1 GiB: bounds what any reader will allocate
+
+# What an unsigned msgpack entry may cost a reader (see the module docstring).
+UNSIGNED_MAX_INFLATION: Final = 8  # raw payload bytes per stored payload byte
+UNSIGNED_INFLATION_ALLOWANCE: Final = 64 * 1024  # small payloads are never refused
+UNSIGNED_MAX_EXPANSION: Final = 48  # bytes of decoded containers per raw payload byte
+UNSIGNED_EXPANSION_ALLOWANCE: Final = 1 << 20
 
 # msgpack extension type codes (also part of the format). 1-3 are empty markers
 # heading an array: [ext1, a, b] is the tuple (a, b); ext 2 a set, ext 3 a frozenset.
@@ -375,14 +389,27 @@ def _pack_surrogates(value: object) -> bytes:
     return data
 
 
-def _unpack(data: Buffer) -> Any:
+def _unpack(data: Buffer, budget: int | None = None) -> Any:
     """msgpack to value, with our extensions; raises on anything malformed.
 
     Every marker made must be consumed as the first item of an array: one
     anywhere else (top level, map key or value, later in an array) is garbage,
-    found by counting rather than by scanning every item.
+    found by counting rather than by scanning every item. With a ``budget``
+    (unsigned entries), the containers built may take at most that many bytes,
+    counted as they are built and capped per container before msgpack allocates.
     """
     made = used = 0
+    spent = 0
+
+    def charge(container: Any) -> Any:
+        nonlocal spent
+        spent += sys.getsizeof(container)
+        if budget is not None and spent > budget:
+            raise _corrupt(
+                f"unsigned entry decodes to more than {budget} bytes of containers "
+                f"(over {UNSIGNED_MAX_EXPANSION} per payload byte)"
+            )
+        return container
 
     def ext_hook(code: int, payload: bytes) -> object:
         nonlocal made
@@ -400,9 +427,14 @@ def _unpack(data: Buffer) -> Any:
         nonlocal used
         if items and type(items[0]) is _Mark:
             used += 1
-            return items[0].build(itertools.islice(items, 1, None))
-        return items
+            built = items[0].build(itertools.islice(items, 1, None))
+            return built if budget is None else charge(built)
+        return items if budget is None else charge(items)
 
+    limits: dict[str, Any] = {}
+    if budget is not None:
+        # msgpack allocates a container of the declared length before filling it.
+        limits = {"object_hook": charge, "max_array_len": budget // 8, "max_map_len": budget // 64}
     value = msgpack.unpackb(
         data,
         raw=False,
@@ -411,6 +443,7 @@ def _unpack(data: Buffer) -> Any:
         unicode_errors="surrogatepass",
         ext_hook=ext_hook,
         list_hook=list_hook,
+        **limits,
     )
     if made != used:
         raise _corrupt("msgpack extension marker out of place")
@@ -475,6 +508,8 @@ class Codec:
         flags, stored = self._compress(raw)
         if self._secret is not None:
             flags |= FLAG_SIGNED
+        elif codec == CODEC_MSGPACK and flags and _inflates(len(raw), len(stored)):
+            flags, stored = 0, raw  # readers refuse it compressed (see the module docstring)
         header = _HEADER.pack(MAGIC, FORMAT_VERSION, codec, flags, len(raw))
         return b"".join((header, self._tag(key_id, header, stored), stored))
 
@@ -554,8 +589,11 @@ class Codec:
                 return copy
             return raw if type(raw) is bytes else bytes(raw)  # the one copy of the payload
         if header.codec == CODEC_MSGPACK:
+            budget = None
+            if not header.signed:
+                budget = UNSIGNED_MAX_EXPANSION * len(raw) + UNSIGNED_EXPANSION_ALLOWANCE
             try:
-                return _unpack(raw)
+                return _unpack(raw, budget)
             except exceptions.ValueDecodingError:
                 raise
             except Exception as exc:  # msgpack raises many types on garbage
@@ -617,10 +655,21 @@ class Codec:
                 raise _unverified("unsigned, and a secret is set")
         if header.flags & FLAG_ZSTD and _zstd is None:
             raise _unverified("zstd-compressed, and zstandard is not installed")
+        unsigned_msgpack = not header.signed and header.codec == CODEC_MSGPACK
+        if unsigned_msgpack and _inflates(header.raw_length, len(payload)):
+            raise _corrupt(
+                f"unsigned entry inflates {len(payload)} stored bytes to {header.raw_length} "
+                f"(over {UNSIGNED_MAX_INFLATION} times)"
+            )
         raw = _decompress(header, payload)
         if len(raw) != header.raw_length:
             raise _corrupt(f"payload is {len(raw)} bytes, header says {header.raw_length}")
         return header, raw, copy
+
+
+def _inflates(raw_length: int, stored_length: int) -> bool:
+    """Whether an unsigned msgpack payload inflates more than readers accept."""
+    return raw_length > UNSIGNED_MAX_INFLATION * stored_length + UNSIGNED_INFLATION_ALLOWANCE
 
 
 def _auto_zlib(raw: bytes) -> bytes | None:
