@@ -95,15 +95,16 @@ class Backend:
     # -- deterministic synchronization ------------------------------------------
 
     def require_strong_consistency(self) -> None:
-        from .layers.redis import check_consistency  # noqa: PLC0415
+        from . import fitness  # noqa: PLC0415
 
         if self.sync_remote is None or self.redis is None:
             return
-        report = self.sync_remote.retrying(lambda: check_consistency(self.redis), "INFO")  # type: ignore[arg-type]
-        if not report.strong:
+        report = self.sync_remote.retrying(lambda: fitness.inspect(self.redis), "INFO")  # type: ignore[arg-type]
+        problems = report.blocking_problems(self.settings)
+        if problems:
             raise exceptions.DeterministicCachingRequiresStrongConsistencyError(
                 f"global determinism needs strong consistency from redis at "
-                f"{self.settings.server_name}: " + "; ".join(report.problems)
+                f"{self.settings.server_name}: " + "; ".join(problems)
             )
 
     def single_flight(self, key: EntryKey, compute_blob: Callable[[], bytes]) -> bytes:

@@ -463,6 +463,8 @@ def parse_target(s: Settings) -> Target | None:
         return Target("unix", path=urllib.parse.unquote(parts.path), **common)
     if not parts.hostname:
         raise bad("a URL naming a host (only with REDIS_CACHE_SENTINELS may it omit one)")
+    if s.cluster and common["db"]:
+        raise bad("database 0 for a cluster, which has no other")
     topology: Topology = "cluster" if s.cluster else "standalone"
     host = urllib.parse.unquote(parts.hostname)
     return Target(topology, host=host, port=parts.port or 6379, **common)

@@ -285,6 +285,11 @@ def test_target_of_each_topology() -> None:
             "unix://",
         ),
         ({"REDIS_CACHE_CLUSTER": "1"}, "REDIS_CACHE_CLUSTER", "seed node"),
+        (
+            {"REDIS_CACHE_URL": "redis://:pw-77@seed:7000/2", "REDIS_CACHE_CLUSTER": "1"},
+            "REDIS_CACHE_URL",
+            "database 0",
+        ),
     ],
 )
 def test_unusable_targets_are_settings_errors(
