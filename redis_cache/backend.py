@@ -99,7 +99,10 @@ class Backend:
 
         if self.sync_remote is None or self.redis is None:
             return
-        report = self.sync_remote.retrying(lambda: fitness.inspect(self.redis), "INFO")  # type: ignore[arg-type]
+        report = self.sync_remote.retrying(
+            lambda: fitness.inspect(self.redis, read_config=False),  # type: ignore[arg-type]
+            "INFO",
+        )
         problems = report.blocking_problems(self.settings)
         if problems:
             raise exceptions.DeterministicCachingRequiresStrongConsistencyError(

@@ -197,6 +197,12 @@ def _parser_for(limits: _Limits) -> type[BoundedParser]:
     return type("BoundedParser", (BoundedParser,), {"limits": limits})
 
 
+@functools.lru_cache(maxsize=64)
+def _with_errors(parser: type[BoundedParser], other: Any) -> type[BoundedParser]:
+    errors = getattr(other, "EXCEPTION_CLASSES", parser.EXCEPTION_CLASSES)
+    return type("BoundedParser", (parser,), {"EXCEPTION_CLASSES": errors})
+
+
 def _limits(settings: Settings) -> _Limits:
     return _Limits(settings.max_value_bytes + REPLY_HEADROOM_BYTES, settings.socket_timeout)
 
@@ -216,6 +222,13 @@ class _Guarded:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["parser_class"] = self.parser
         super().__init__(*args, **kwargs)
+
+    def set_parser(self, parser_class: Any) -> None:
+        """Keep the bounded parser when redis-py swaps in its own (redis-py 5's cluster
+        client sets ``ClusterParser`` on connect), taking over that one's error table."""
+        if not issubclass(parser_class, BoundedParser):
+            parser_class = _with_errors(self.parser, parser_class)
+        super().set_parser(parser_class)  # type: ignore[misc]
 
     def connect(self) -> None:
         try:

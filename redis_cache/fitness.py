@@ -132,12 +132,15 @@ class ServerReport:
         return found
 
 
-def inspect(layer: RedisLayer) -> ServerReport:
+def inspect(layer: RedisLayer, *, read_config: bool = True) -> ServerReport:
     """Read the report from every primary behind ``layer``.
 
-    Raises the layer's :class:`~redis_cache.exceptions.RemoteError` if the server fails;
-    a ``CONFIG GET`` the server refuses (ACL, managed services) leaves its fields
-    unknown.
+    ``read_config=False`` sends ``INFO`` only: workers' ACL users usually may not read
+    the server's config (it holds ``masterauth``), and a refusal lands in the ACL log;
+    the RDB schedule and ``proto-max-bulk-len`` are then unknown (persistence is known
+    only when AOF is on). A ``CONFIG GET`` the server refuses (ACL, managed services)
+    leaves the same fields unknown. Raises the layer's
+    :class:`~redis_cache.exceptions.RemoteError` if the server fails.
     """
     client = layer.client()
     with layer.translated("INFO"):
@@ -150,9 +153,11 @@ def inspect(layer: RedisLayer) -> ServerReport:
                 version=str(info.get("redis_version", "?")),
                 eviction_policy=str(info.get("maxmemory_policy", "unknown")),
                 aof=bool(int(info.get("aof_enabled", 0))),
-                rdb_save=_config(layer, node, "save"),
+                rdb_save=_config(layer, node, "save") if read_config else None,
                 replicas=int(info.get("connected_slaves", 0)),
-                proto_max_bulk_len=_int(_config(layer, node, "proto-max-bulk-len")),
+                proto_max_bulk_len=(
+                    _int(_config(layer, node, "proto-max-bulk-len")) if read_config else None
+                ),
             )
             for node, info in zip(nodes, infos, strict=True)
         )

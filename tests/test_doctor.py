@@ -147,10 +147,10 @@ def test_an_acl_refusing_client_setname_is_named(env: dict[str, str]) -> None:
 # --------------------------------------------------------------------------- the report
 
 
-def report_of(tmp_path: Path, **settings: object) -> fitness.ServerReport:
+def report_of(tmp_path: Path, read_config: bool = True, **settings: object) -> fitness.ServerReport:
     layer = RedisLayer(make_settings(tmp_path, **settings))
     try:
-        return fitness.inspect(layer)
+        return fitness.inspect(layer, read_config=read_config)
     finally:
         layer.close()
 
@@ -164,6 +164,10 @@ def test_report_of_a_standalone_server(tmp_path: Path, redis_server: RedisServer
     assert any("persists nothing" in w for w in report.warnings(settings))
     more = make_settings(tmp_path, url=redis_server.url, min_replicas=1)
     assert report.blocking_problems(more) == ["0 replicas connected, REDIS_CACHE_MIN_REPLICAS=1"]
+    # INFO only (what workers may run): without AOF, persistence is unknown.
+    info_only = report_of(tmp_path, read_config=False, url=redis_server.url)
+    assert info_only.persistent is None and info_only.proto_max_bulk_len is None
+    assert info_only.blocking_problems(settings) == []
 
 
 def test_report_of_a_cluster_covers_every_primary(

@@ -25,7 +25,7 @@ from redis_cache.connection import BoundedParser, build_client
 from redis_cache.interfaces import FastCache
 from redis_cache.layers.base import EntryKey
 from redis_cache.layers.redis import RedisLayer
-from tests.support.helpers import make_settings
+from tests.support.helpers import checkout, make_settings
 from tests.support.servers import (
     RedisClusterHandle,
     RedisServer,
@@ -201,7 +201,7 @@ def test_an_mget_over_the_reply_limit_is_split(
 
 def live_parser(client: redis.Redis) -> Any:
     pool = client.connection_pool
-    conn = pool.get_connection()
+    conn = checkout(pool)
     try:
         conn.connect()
         return conn._parser
