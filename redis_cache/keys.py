@@ -395,7 +395,8 @@ def callee_of(fn: Callable[..., Any], *, has_params_encoder: bool) -> Callee:
     * a method bound to a class (a classmethod) is its function plus the class's name;
       a method bound to an instance is its function plus ``self``, which must be
       canonically encodable;
-    * a class is its qualified name (calling it constructs);
+    * a class is its qualified name (calling it constructs); a decorator object with
+      ``__wrapped__`` (``functools.lru_cache``) is the function it wraps;
     * lambdas (their names do not tell them apart) and callable instances (their
       state is not encodable) need a ``custom_params_encoder``, as does any bound
       state keys cannot encode: the encoder then stands for it.
@@ -464,6 +465,11 @@ def _identify(fn: Any, has_params_encoder: bool) -> tuple[str, object]:
         return f"{_module(fn.__objclass__)}.{fn.__qualname__}", None
     if isinstance(fn, type):
         return _qualified(fn), None
+    wrapped = getattr(fn, "__wrapped__", None)
+    if wrapped is not None and callable(wrapped):
+        # A decorator object around a function (functools.lru_cache, update_wrapper):
+        # the entry is the function's, as it is for a decorator that is a function.
+        return _identify(wrapped, has_params_encoder)
     if not has_params_encoder:
         raise exceptions.CustomParamsEncoderRequiredError(
             _qualified(kind),

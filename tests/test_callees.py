@@ -155,6 +155,17 @@ def test_instance_methods_and_callable_instances_need_a_params_encoder(
         assert instance("y") == f"y@{kernel.arch}"
 
 
+@functools.lru_cache(maxsize=8)
+def cached_square(x: int) -> int:
+    return x * x
+
+
+def test_decorator_objects_are_the_function_they_wrap(cache: FastCache) -> None:
+    callee = keys.callee_of(cached_square, has_params_encoder=False)
+    assert callee == keys.Callee(f"{__name__}.cached_square", None)
+    assert cache.record()(cached_square)(3) == 9
+
+
 def test_lambdas_need_a_params_encoder(cache: FastCache) -> None:
     with pytest.raises(exceptions.CustomParamsEncoderRequiredError) as info:
         cache.record()(lambda x: x + 1)
