@@ -35,6 +35,13 @@ Why these rules:
   look the same. Everything else that is wrong is :class:`CorruptEntryError`.
 * Decompression is bounded by the declared raw length (at most 1 GiB), so a
   small entry can never make a reader allocate more than it declared.
+* An unsigned entry can be planted by anyone who can write to Redis, so what an
+  unsigned msgpack entry may cost a reader is bounded (signed entries are
+  trusted): its payload inflates at most ``UNSIGNED_MAX_INFLATION`` times (writers
+  store such payloads uncompressed instead), and the containers it decodes to may
+  take at most ``UNSIGNED_MAX_EXPANSION`` bytes of memory per payload byte
+  (msgpack turns a 1-byte empty map into a 64-byte dict; only values made mostly
+  of empty containers come near). Either excess is a :class:`CorruptEntryError`.
 """
 
 from __future__ import annotations
@@ -43,7 +50,9 @@ import hmac
 import itertools
 import pickle
 import struct
+import sys
 import threading
+import typing
 import zlib
 from collections.abc import Callable
 from typing import Any, Final, Generic, Literal, NamedTuple, TypeVar
@@ -52,6 +61,7 @@ import msgpack
 import xxhash
 
 from . import exceptions
+from .config import Compression
 
 _zstd: Any
 try:  # optional: only needed to write or read zstd-compressed entries
@@ -76,7 +86,6 @@ __all__ = [
     "read_header",
 ]
 
-Compression = Literal["auto", "zlib", "zstd", "off"]
 Buffer = bytes | bytearray | memoryview
 T = TypeVar("T")
 
@@ -93,6 +102,12 @@ FLAG_SIGNED: Final = 0x04
 HMAC_TAG_SIZE: Final = 32
 CHECKSUM_TAG_SIZE: Final = 8
 MAX_RAW_LENGTH: Final = 1 << 30  # 1 GiB: bounds what any reader will allocate
+
+# What an unsigned msgpack entry may cost a reader (see the module docstring).
+UNSIGNED_MAX_INFLATION: Final = 8  # raw payload bytes per stored payload byte
+UNSIGNED_INFLATION_ALLOWANCE: Final = 64 * 1024  # small payloads are never refused
+UNSIGNED_MAX_EXPANSION: Final = 48  # bytes of decoded containers per raw payload byte
+UNSIGNED_EXPANSION_ALLOWANCE: Final = 1 << 20
 
 # msgpack extension type codes (also part of the format). 1-3 are empty markers
 # heading an array: [ext1, a, b] is the tuple (a, b); ext 2 a set, ext 3 a frozenset.
@@ -374,14 +389,27 @@ def _pack_surrogates(value: object) -> bytes:
     return data
 
 
-def _unpack(data: Buffer) -> Any:
+def _unpack(data: Buffer, budget: int | None = None) -> Any:
     """msgpack to value, with our extensions; raises on anything malformed.
 
     Every marker made must be consumed as the first item of an array: one
     anywhere else (top level, map key or value, later in an array) is garbage,
-    found by counting rather than by scanning every item.
+    found by counting rather than by scanning every item. With a ``budget``
+    (unsigned entries), the containers built may take at most that many bytes,
+    counted as they are built and capped per container before msgpack allocates.
     """
     made = used = 0
+    spent = 0
+
+    def charge(container: Any) -> Any:
+        nonlocal spent
+        spent += sys.getsizeof(container)
+        if budget is not None and spent > budget:
+            raise _corrupt(
+                f"unsigned entry decodes to more than {budget} bytes of containers "
+                f"(over {UNSIGNED_MAX_EXPANSION} per payload byte)"
+            )
+        return container
 
     def ext_hook(code: int, payload: bytes) -> object:
         nonlocal made
@@ -399,9 +427,14 @@ def _unpack(data: Buffer) -> Any:
         nonlocal used
         if items and type(items[0]) is _Mark:
             used += 1
-            return items[0].build(itertools.islice(items, 1, None))
-        return items
+            built = items[0].build(itertools.islice(items, 1, None))
+            return built if budget is None else charge(built)
+        return items if budget is None else charge(items)
 
+    limits: dict[str, Any] = {}
+    if budget is not None:
+        # msgpack allocates a container of the declared length before filling it.
+        limits = {"object_hook": charge, "max_array_len": budget // 8, "max_map_len": budget // 64}
     value = msgpack.unpackb(
         data,
         raw=False,
@@ -410,6 +443,7 @@ def _unpack(data: Buffer) -> Any:
         unicode_errors="surrogatepass",
         ext_hook=ext_hook,
         list_hook=list_hook,
+        **limits,
     )
     if made != used:
         raise _corrupt("msgpack extension marker out of place")
@@ -434,9 +468,9 @@ class Codec:
             raise exceptions.InvalidSettingError(
                 "REDIS_CACHE_SECRET", "<redacted>", "a non-empty secret"
             )
-        if compression not in ("auto", "zlib", "zstd", "off"):
+        if compression not in typing.get_args(Compression):
             raise exceptions.InvalidSettingError(
-                "REDIS_CACHE_COMPRESSION", str(compression), "auto, zlib, zstd, off"
+                "REDIS_CACHE_COMPRESSION", str(compression), ", ".join(typing.get_args(Compression))
             )
         self._secret = secret
         self._compression = compression
@@ -474,6 +508,8 @@ class Codec:
         flags, stored = self._compress(raw)
         if self._secret is not None:
             flags |= FLAG_SIGNED
+        elif codec == CODEC_MSGPACK and flags and _inflates(len(raw), len(stored)):
+            flags, stored = 0, raw  # readers refuse it compressed (see the module docstring)
         header = _HEADER.pack(MAGIC, FORMAT_VERSION, codec, flags, len(raw))
         return b"".join((header, self._tag(key_id, header, stored), stored))
 
@@ -547,6 +583,39 @@ class Codec:
         :class:`CorruptEntryError` (broken, foreign or tampered),
         :class:`ValueUnPicklingError` (a verified pickle that does not load here).
         """
+        header, raw, copy = self._open(key_id, blob)
+        if header.codec == CODEC_RAW:
+            if copy is not None:
+                return copy
+            return raw if type(raw) is bytes else bytes(raw)  # the one copy of the payload
+        if header.codec == CODEC_MSGPACK:
+            budget = None
+            if not header.signed:
+                budget = UNSIGNED_MAX_EXPANSION * len(raw) + UNSIGNED_EXPANSION_ALLOWANCE
+            try:
+                return _unpack(raw, budget)
+            except exceptions.ValueDecodingError:
+                raise
+            except Exception as exc:  # msgpack raises many types on garbage
+                raise _corrupt(f"bad msgpack payload ({type(exc).__name__}: {exc})") from exc
+        try:  # a verified pickle: we wrote it ourselves (or someone holding our secret did)
+            return pickle.loads(raw)
+        except Exception as exc:
+            raise exceptions.ValueUnPicklingError(f"{type(exc).__name__}: {exc}") from exc
+
+    def payload(self, key_id: bytes, blob: Buffer) -> tuple[int, bytes]:
+        """``(codec id, serialized payload)`` of a verified envelope, without deserializing.
+
+        Two envelopes of one key hold the same value if these are equal, whatever
+        their compression: what the dump merge compares for values keys cannot encode.
+        Raises what :meth:`decode` raises for an envelope it would not read.
+        """
+        header, raw, _ = self._open(key_id, blob)
+        return header.codec, bytes(raw)
+
+    def _open(self, key_id: bytes, blob: Buffer) -> tuple[Header, Buffer, bytes | None]:
+        """Check ``blob`` and return its header, its decompressed payload, and a copy of
+        that payload if one was made while the signature was checked."""
         view = _view(blob)
         header = _parse_header(view)
         if header.codec == CODEC_PICKLE and not header.signed:
@@ -586,24 +655,21 @@ class Codec:
                 raise _unverified("unsigned, and a secret is set")
         if header.flags & FLAG_ZSTD and _zstd is None:
             raise _unverified("zstd-compressed, and zstandard is not installed")
+        unsigned_msgpack = not header.signed and header.codec == CODEC_MSGPACK
+        if unsigned_msgpack and _inflates(header.raw_length, len(payload)):
+            raise _corrupt(
+                f"unsigned entry inflates {len(payload)} stored bytes to {header.raw_length} "
+                f"(over {UNSIGNED_MAX_INFLATION} times)"
+            )
         raw = _decompress(header, payload)
         if len(raw) != header.raw_length:
             raise _corrupt(f"payload is {len(raw)} bytes, header says {header.raw_length}")
-        if header.codec == CODEC_RAW:
-            if copy is not None:
-                return copy
-            return raw if type(raw) is bytes else bytes(raw)  # the one copy of the payload
-        if header.codec == CODEC_MSGPACK:
-            try:
-                return _unpack(raw)
-            except exceptions.ValueDecodingError:
-                raise
-            except Exception as exc:  # msgpack raises many types on garbage
-                raise _corrupt(f"bad msgpack payload ({type(exc).__name__}: {exc})") from exc
-        try:  # a verified pickle: we wrote it ourselves (or someone holding our secret did)
-            return pickle.loads(raw)
-        except Exception as exc:
-            raise exceptions.ValueUnPicklingError(f"{type(exc).__name__}: {exc}") from exc
+        return header, raw, copy
+
+
+def _inflates(raw_length: int, stored_length: int) -> bool:
+    """Whether an unsigned msgpack payload inflates more than readers accept."""
+    return raw_length > UNSIGNED_MAX_INFLATION * stored_length + UNSIGNED_INFLATION_ALLOWANCE
 
 
 def _auto_zlib(raw: bytes) -> bytes | None:

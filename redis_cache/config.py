@@ -9,21 +9,25 @@ what is accepted.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import threading
-from collections.abc import Callable, Mapping
+import typing
+import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal
+
+import platformdirs
 
 from . import exceptions
 
 Determinism = Literal["local", "global"]
 Strict = Literal["off", "cached", "prepopulated"]
-Compression = Literal["auto", "zlib", "zstd", "off"]
-
-T = TypeVar("T")
+Compression = Literal["auto", "zlib", "zstd", "off"]  # the codec takes this type too
+Topology = Literal["standalone", "unix", "sentinel", "cluster"]
 
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _DETERMINISTIC_VARIABLES = frozenset(
@@ -36,7 +40,8 @@ _DETERMINISTIC_VARIABLES = frozenset(
     }
 )
 
-# Every variable with its default as written in docs/configuration.md; a test keeps both in step.
+# Every variable with its default as written in docs/configuration.md; a test keeps both in
+# step. The dataclass below takes its field defaults from here, parsed like the environment.
 DEFAULTS: dict[str, str] = {
     "REDIS_CACHE_ENABLED": "1",
     "REDIS_CACHE_DETERMINISTIC": "0",
@@ -73,49 +78,145 @@ DEFAULTS: dict[str, str] = {
     "REDIS_CACHE_TORCH": "0",
 }
 
+_DAY = 86_400
+_GIB = 1 << 30
 
-def _default_dir(env: Mapping[str, str]) -> Path:
-    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "redis_cache"
+
+@dataclass(frozen=True)
+class Range:
+    """The finite values a numeric variable accepts.
+
+    Every number has both bounds: ``inf``, ``nan`` and ``1e300`` would otherwise pass and
+    fail far from here (``OverflowError`` in a socket call, a server refusing ``PX``),
+    and a negative timeout must not quietly mean "use the default".
+    """
+
+    kind: type[int] | type[float]
+    low: float
+    high: float
+    unit: str
+
+    @property
+    def bounds(self) -> tuple[str, str]:
+        """Both bounds as written in messages and docs (``0.1``, ``86400``, no exponent)."""
+        return _plain(self.low), _plain(self.high)
+
+    @property
+    def accepted(self) -> str:
+        kind = "an integer" if self.kind is int else "a number"
+        low, high = self.bounds
+        return f"{kind} of {self.unit} from {low} to {high}"
+
+    def parse(self, text: str) -> int | float | None:
+        """The value, or ``None`` if ``text`` is not one inside the range."""
+        try:
+            value = self.kind(text)
+        except (ValueError, OverflowError):
+            return None
+        return value if self.low <= value <= self.high else None  # nan fails both tests
+
+
+def _plain(number: float) -> str:
+    return str(int(number)) if number == int(number) else f"{number:g}"
+
+
+RANGES: dict[str, Range] = {
+    "REDIS_CACHE_LOCK_TIMEOUT": Range(float, 0, _DAY, "seconds"),
+    "REDIS_CACHE_LOCK_LEASE": Range(float, 0.1, _DAY, "seconds"),
+    "REDIS_CACHE_TTL": Range(int, 0, 10 * 365 * _DAY, "seconds"),
+    # Redis itself stores no string over 512 MiB.
+    "REDIS_CACHE_MAX_VALUE_BYTES": Range(int, 1, 512 * 1024 * 1024, "bytes"),
+    "REDIS_CACHE_CONNECT_TIMEOUT": Range(float, 0.01, 300, "seconds"),
+    "REDIS_CACHE_SOCKET_TIMEOUT": Range(float, 0.01, 300, "seconds"),
+    "REDIS_CACHE_RETRY_DEADLINE": Range(float, 0, 3600, "seconds"),
+    "REDIS_CACHE_BREAKER_COOLDOWN": Range(float, 0, 3600, "seconds"),
+    "REDIS_CACHE_BREAKER_MAX_COOLDOWN": Range(float, 0, _DAY, "seconds"),
+    "REDIS_CACHE_MIN_REPLICAS": Range(int, 0, 100, "replicas"),
+    "REDIS_CACHE_STATS_INTERVAL": Range(float, 0, _DAY, "seconds"),
+    "REDIS_CACHE_MEMO_MAX_BYTES": Range(int, 0, 1024 * _GIB, "bytes"),
+    "REDIS_CACHE_DISK_MAX_BYTES": Range(int, 0, 1024 * 1024 * _GIB, "bytes"),
+}
+
+
+def _default(name: str) -> Any:
+    """The field default of ``name``: its ``DEFAULTS`` text, parsed as the environment is."""
+    text = DEFAULTS[name]
+    if name in RANGES:
+        return RANGES[name].parse(text)
+    if text in ("0", "1"):  # the numbers are all in RANGES: this is a flag
+        return text == "1"
+    return text or None
+
+
+def _default_dir() -> Path:
+    """The per-user cache directory of the platform (XDG on Linux, ~/Library/Caches on
+    macOS, %LOCALAPPDATA% on Windows)."""
+    return Path(platformdirs.user_cache_dir("redis_cache", appauthor=False))
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the remote layer is: ``REDIS_CACHE_URL`` (with ``SENTINELS``/``CLUSTER``) parsed once.
+
+    Connection building and ``doctor`` read this instead of taking the URL apart again.
+    Credentials never show in ``repr``.
+    """
+
+    topology: Topology
+    tls: bool = False
+    host: str | None = None  # a seed node for a cluster; None for unix and sentinel
+    port: int = 6379
+    path: str | None = None  # unix socket
+    db: int = 0
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service: str = "mymaster"  # the master name sentinels watch
+    check_hostname: bool = True  # TLS: the certificate must name the host
+
+    @property
+    def scheme(self) -> str:
+        return "unix" if self.path is not None else ("rediss" if self.tls else "redis")
 
 
 @dataclass(frozen=True)
 class Settings:
     """Validated settings; build with :func:`load` (or directly in tests)."""
 
-    enabled: bool = True
-    deterministic: bool = False
+    enabled: bool = _default("REDIS_CACHE_ENABLED")
+    deterministic: bool = _default("REDIS_CACHE_DETERMINISTIC")
+    # Unset in the environment: "global" with a remote layer (see load()), else this.
     determinism: Determinism = "local"
-    strict: Strict = "off"
+    strict: Strict = _default("REDIS_CACHE_STRICT")  # noqa: RUF009 - a str
     prepopulate: Path | None = None
     dump_at_exit: Path | None = None
     url: str | None = field(default=None, repr=False)
-    namespace: str = "default"
-    dir: Path = field(default_factory=lambda: _default_dir(os.environ))
-    lock_timeout: float = 60.0
-    lock_lease: float = 30.0
-    cluster: bool = False
+    namespace: str = _default("REDIS_CACHE_NAMESPACE")
+    dir: Path = field(default_factory=_default_dir)
+    lock_timeout: float = _default("REDIS_CACHE_LOCK_TIMEOUT")
+    lock_lease: float = _default("REDIS_CACHE_LOCK_LEASE")
+    cluster: bool = _default("REDIS_CACHE_CLUSTER")
     sentinels: tuple[tuple[str, int], ...] = ()
-    sentinel_master: str = "mymaster"
-    ttl: int = 0
-    read_only: bool = False
+    sentinel_master: str = _default("REDIS_CACHE_SENTINEL_MASTER")
+    ttl: int = _default("REDIS_CACHE_TTL")
+    read_only: bool = _default("REDIS_CACHE_READ_ONLY")
     secret: bytes | None = field(default=None, repr=False)
-    max_value_bytes: int = 64 * 1024 * 1024
-    connect_timeout: float = 1.0
-    socket_timeout: float = 5.0
-    retry_deadline: float = 30.0
-    breaker_cooldown: float = 1.0
-    breaker_max_cooldown: float = 30.0
-    min_replicas: int = 0
-    compression: Compression = "auto"
-    single_flight: bool = False
+    max_value_bytes: int = _default("REDIS_CACHE_MAX_VALUE_BYTES")
+    connect_timeout: float = _default("REDIS_CACHE_CONNECT_TIMEOUT")
+    socket_timeout: float = _default("REDIS_CACHE_SOCKET_TIMEOUT")
+    retry_deadline: float = _default("REDIS_CACHE_RETRY_DEADLINE")
+    breaker_cooldown: float = _default("REDIS_CACHE_BREAKER_COOLDOWN")
+    breaker_max_cooldown: float = _default("REDIS_CACHE_BREAKER_MAX_COOLDOWN")
+    min_replicas: int = _default("REDIS_CACHE_MIN_REPLICAS")
+    compression: Compression = _default("REDIS_CACHE_COMPRESSION")  # noqa: RUF009 - a str
+    single_flight: bool = _default("REDIS_CACHE_SINGLE_FLIGHT")
     tls_ca_file: str | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
-    stats_interval: float = 10.0
-    memo_max_bytes: int = 512 * 1024 * 1024
-    disk_max_bytes: int = 0  # 0: unbounded
-    torch: bool = False
+    stats_interval: float = _default("REDIS_CACHE_STATS_INTERVAL")
+    memo_max_bytes: int = _default("REDIS_CACHE_MEMO_MAX_BYTES")
+    disk_max_bytes: int = _default("REDIS_CACHE_DISK_MAX_BYTES")  # 0: unbounded
+    torch: bool = _default("REDIS_CACHE_TORCH")
     # A bad deterministic-only variable must not break fcache: dcache raises it on first use.
     deterministic_problem: exceptions.CacheError | None = field(default=None, compare=False)
 
@@ -126,6 +227,16 @@ class Settings:
             nodes = ",".join(f"{h}:{p}" for h, p in self.sentinels)
             return f"sentinel[{nodes}]/{self.sentinel_master}"
         return redact_url(self.url) if self.url else "(no remote layer)"
+
+    @functools.cached_property
+    def target(self) -> Target | None:
+        """The remote layer's address, parsed once; ``None`` without one.
+
+        Raises :class:`InvalidSettingError` naming ``REDIS_CACHE_URL`` (never quoting
+        its credentials) when it cannot be used. :func:`load` asks for it, so settings
+        from the environment fail on first use rather than on first connect.
+        """
+        return parse_target(self)
 
     @property
     def has_remote(self) -> bool:
@@ -200,15 +311,11 @@ class _Reader:
             raise self.fail(name, value, ", ".join(accepted))
         return value
 
-    def number(self, name: str, convert: Callable[[str], T], minimum: float) -> T:
+    def number(self, name: str) -> Any:
         value = self.raw(name)
-        try:
-            number = convert(value)
-        except ValueError:
-            number = None
-        if number is None or not (float(number) >= minimum):  # type: ignore[arg-type]
-            kind = "an integer" if convert is int else "a number"
-            raise self.fail(name, value, f"{kind} >= {minimum:g}")
+        number = RANGES[name].parse(value)
+        if number is None:
+            raise self.fail(name, value, RANGES[name].accepted)
         return number
 
     def path(self, name: str) -> Path | None:
@@ -217,19 +324,6 @@ class _Reader:
 
     def optional(self, name: str) -> str | None:
         return self.raw(name) or None
-
-
-def _parse_url(reader: _Reader) -> str | None:
-    url = reader.optional("REDIS_CACHE_URL")
-    if url is None:
-        return None
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme not in ("redis", "rediss", "unix"):
-        # Never echo the URL: it may carry a password.
-        raise exceptions.InvalidSettingError(
-            "REDIS_CACHE_URL", redact_url(url), "redis://, rediss:// or unix:// URLs"
-        )
-    return url
 
 
 def _parse_sentinels(reader: _Reader) -> tuple[tuple[str, int], ...]:
@@ -252,7 +346,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     """
     env = os.environ if env is None else env
     r = _Reader(env)
-    url = _parse_url(r)
+    url = r.optional("REDIS_CACHE_URL")
     sentinels = _parse_sentinels(r)
     has_remote = url is not None or bool(sentinels)
     problem: exceptions.CacheError | None = None
@@ -268,8 +362,14 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     except exceptions.InvalidSettingError as exc:
         problem, deterministic, determinism, strict = exc, False, "local", "off"
     namespace = r.raw("REDIS_CACHE_NAMESPACE")
-    if not _NAMESPACE_RE.match(namespace):
-        raise r.fail("REDIS_CACHE_NAMESPACE", namespace, "1-64 characters of A-Z a-z 0-9 _ . -")
+    # The namespace is also a directory name under REDIS_CACHE_DIR: "." or ".." would
+    # share or escape it.
+    if not _NAMESPACE_RE.match(namespace) or not namespace.strip("."):
+        raise r.fail(
+            "REDIS_CACHE_NAMESPACE",
+            namespace,
+            "1-64 characters of A-Z a-z 0-9 _ . -, not only dots",
+        )
     secret = r.optional("REDIS_CACHE_SECRET")
     if secret is not None and len(secret) < 16:
         raise r.fail("REDIS_CACHE_SECRET", "", "at least 16 characters")
@@ -282,30 +382,30 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         dump_at_exit=r.path("REDIS_CACHE_DUMP"),
         url=url,
         namespace=namespace,
-        dir=r.path("REDIS_CACHE_DIR") or _default_dir(env),
-        lock_timeout=r.number("REDIS_CACHE_LOCK_TIMEOUT", float, 0),
-        lock_lease=r.number("REDIS_CACHE_LOCK_LEASE", float, 0.1),
+        dir=r.path("REDIS_CACHE_DIR") or _default_dir(),
+        lock_timeout=r.number("REDIS_CACHE_LOCK_TIMEOUT"),
+        lock_lease=r.number("REDIS_CACHE_LOCK_LEASE"),
         cluster=r.flag("REDIS_CACHE_CLUSTER"),
         sentinels=sentinels,
         sentinel_master=r.raw("REDIS_CACHE_SENTINEL_MASTER") or "mymaster",
-        ttl=r.number("REDIS_CACHE_TTL", int, 0),
+        ttl=r.number("REDIS_CACHE_TTL"),
         read_only=r.flag("REDIS_CACHE_READ_ONLY"),
         secret=secret.encode() if secret else None,
-        max_value_bytes=r.number("REDIS_CACHE_MAX_VALUE_BYTES", int, 1),
-        connect_timeout=r.number("REDIS_CACHE_CONNECT_TIMEOUT", float, 0.01),
-        socket_timeout=r.number("REDIS_CACHE_SOCKET_TIMEOUT", float, 0.01),
-        retry_deadline=r.number("REDIS_CACHE_RETRY_DEADLINE", float, 0),
-        breaker_cooldown=r.number("REDIS_CACHE_BREAKER_COOLDOWN", float, 0),
-        breaker_max_cooldown=r.number("REDIS_CACHE_BREAKER_MAX_COOLDOWN", float, 0),
-        min_replicas=r.number("REDIS_CACHE_MIN_REPLICAS", int, 0),
-        compression=r.choice("REDIS_CACHE_COMPRESSION", ("auto", "zlib", "zstd", "off")),  # type: ignore[arg-type]
+        max_value_bytes=r.number("REDIS_CACHE_MAX_VALUE_BYTES"),
+        connect_timeout=r.number("REDIS_CACHE_CONNECT_TIMEOUT"),
+        socket_timeout=r.number("REDIS_CACHE_SOCKET_TIMEOUT"),
+        retry_deadline=r.number("REDIS_CACHE_RETRY_DEADLINE"),
+        breaker_cooldown=r.number("REDIS_CACHE_BREAKER_COOLDOWN"),
+        breaker_max_cooldown=r.number("REDIS_CACHE_BREAKER_MAX_COOLDOWN"),
+        min_replicas=r.number("REDIS_CACHE_MIN_REPLICAS"),
+        compression=r.choice("REDIS_CACHE_COMPRESSION", typing.get_args(Compression)),  # type: ignore[arg-type]
         single_flight=r.flag("REDIS_CACHE_SINGLE_FLIGHT"),
         tls_ca_file=r.optional("REDIS_CACHE_TLS_CA_FILE"),
         tls_cert_file=r.optional("REDIS_CACHE_TLS_CERT_FILE"),
         tls_key_file=r.optional("REDIS_CACHE_TLS_KEY_FILE"),
-        stats_interval=r.number("REDIS_CACHE_STATS_INTERVAL", float, 0),
-        memo_max_bytes=r.number("REDIS_CACHE_MEMO_MAX_BYTES", int, 0),
-        disk_max_bytes=r.number("REDIS_CACHE_DISK_MAX_BYTES", int, 0),
+        stats_interval=r.number("REDIS_CACHE_STATS_INTERVAL"),
+        memo_max_bytes=r.number("REDIS_CACHE_MEMO_MAX_BYTES"),
+        disk_max_bytes=r.number("REDIS_CACHE_DISK_MAX_BYTES"),
         torch=r.flag("REDIS_CACHE_TORCH"),
         deterministic_problem=problem,
     )
@@ -314,19 +414,22 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             _check_deterministic_combinations(settings)
         except exceptions.InvalidSettingError as exc:
             settings = dataclasses.replace(settings, deterministic_problem=exc)
-    _check_combinations(settings)
+    settings.target  # noqa: B018 - parsed now: a bad URL is a settings error on first use
     return settings
 
 
-def _check_combinations(s: Settings) -> None:
-    if s.url and not s.sentinels and s.url.split("://", 1)[0] in ("redis", "rediss"):
-        location = s.url.split("://", 1)[1].rsplit("@", 1)[-1]
-        if not location or location.startswith(("/", "?", ":")):
-            raise exceptions.InvalidSettingError(
-                "REDIS_CACHE_URL",
-                redact_url(s.url),
-                "a URL naming a host (only with REDIS_CACHE_SENTINELS may it omit one)",
-            )
+# --------------------------------------------------------------------------- the target
+
+_QUERY_ALLOWED = frozenset({"db", "username", "password"})
+_QUERY_ALLOWED_TLS = _QUERY_ALLOWED | {"ssl_check_hostname"}
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
+_DB_PATH = re.compile(r"^/?(\d+)?/?$")
+_BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+_TLS_FILES = ("REDIS_CACHE_TLS_CA_FILE", "REDIS_CACHE_TLS_CERT_FILE", "REDIS_CACHE_TLS_KEY_FILE")
+
+
+def parse_target(s: Settings) -> Target | None:
+    """The :class:`Target` of ``s``; raises :class:`InvalidSettingError` for what cannot work."""
     if s.cluster and s.sentinels:
         raise exceptions.InvalidSettingError(
             "REDIS_CACHE_CLUSTER", "1", "0 when REDIS_CACHE_SENTINELS is set (pick one topology)"
@@ -335,6 +438,87 @@ def _check_combinations(s: Settings) -> None:
         raise exceptions.InvalidSettingError(
             "REDIS_CACHE_CLUSTER", "1", "0 unless REDIS_CACHE_URL names a cluster seed node"
         )
+    if not s.url and not s.sentinels:
+        return None
+    scheme, parts, common = _parse_url(s.url) if s.url else ("redis", None, {})
+    given = [name for name, value in zip(_TLS_FILES, _tls_files(s), strict=True) if value]
+    if given and scheme != "rediss":
+        raise exceptions.InvalidSettingError(
+            given[0], "<set>", "unset, unless REDIS_CACHE_URL is a rediss:// URL (TLS)"
+        )
+    if s.sentinels:
+        if scheme == "unix":
+            raise exceptions.InvalidSettingError(
+                "REDIS_CACHE_SENTINELS", "<set>", "unset with a unix:// REDIS_CACHE_URL"
+            )
+        return Target("sentinel", sentinels=s.sentinels, service=s.sentinel_master, **common)
+    if parts is None or s.url is None:  # unreachable: without sentinels there is a URL
+        return None
+    bad = functools.partial(exceptions.InvalidSettingError, "REDIS_CACHE_URL", redact_url(s.url))
+    if scheme == "unix":
+        if s.cluster:
+            raise bad("a redis:// or rediss:// seed node for a cluster, not unix://")
+        if not parts.path:
+            raise bad("unix:///path/of/the.sock (the socket path is missing)")
+        return Target("unix", path=urllib.parse.unquote(parts.path), **common)
+    if not parts.hostname:
+        raise bad("a URL naming a host (only with REDIS_CACHE_SENTINELS may it omit one)")
+    if s.cluster and common["db"]:
+        raise bad("database 0 for a cluster, which has no other")
+    topology: Topology = "cluster" if s.cluster else "standalone"
+    host = urllib.parse.unquote(parts.hostname)
+    return Target(topology, host=host, port=parts.port or 6379, **common)
+
+
+def _parse_url(url: str) -> tuple[str, urllib.parse.SplitResult, dict[str, Any]]:
+    """Scheme, parts, and the Target fields every topology takes from the URL.
+
+    Messages name parts and parameters, never values: a malformed URL may hold a
+    password fragment wherever urllib thinks the port or the query is. Errors are
+    raised outside ``except`` blocks so that no exception quoting the URL is chained.
+    """
+    bad = functools.partial(exceptions.InvalidSettingError, "REDIS_CACHE_URL", redact_url(url))
+    parts: urllib.parse.SplitResult | None
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        parts = None
+    if parts is None:
+        raise bad("a URL with a valid host and port (it has an invalid host or port)")
+    scheme = parts.scheme.lower()
+    if scheme not in ("redis", "rediss", "unix"):
+        raise bad("redis://, rediss:// or unix:// URLs")
+    query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+    allowed = _QUERY_ALLOWED_TLS if scheme == "rediss" else _QUERY_ALLOWED
+    for name in query:
+        if name not in allowed:
+            shown = repr(name) if _IDENTIFIER.match(name) else "a query parameter"
+            raise bad(f"query parameters {', '.join(sorted(allowed))} (it has {shown})")
+    db = query["db"][-1] if "db" in query else ""
+    if scheme != "unix":
+        match = _DB_PATH.match(parts.path)
+        if match is None:
+            raise bad("an empty path or a database number (the path is neither)")
+        db = db or (match.group(1) or "")
+    if db and not db.isdigit():
+        raise bad("a database number (Invalid value for 'db')")
+    check_hostname = _BOOLEANS.get(query.get("ssl_check_hostname", ["1"])[-1].lower())
+    if check_hostname is None:
+        raise bad("ssl_check_hostname of true/false/yes/no/1/0 (Invalid value for it)")
+    username = query["username"][-1] if "username" in query else parts.username
+    password = query["password"][-1] if "password" in query else parts.password
+    return scheme, parts, {
+        "tls": scheme == "rediss",
+        "db": int(db or 0),
+        "username": urllib.parse.unquote(username) if username else None,
+        "password": urllib.parse.unquote(password) if password else None,
+        "check_hostname": check_hostname,
+    }
+
+
+def _tls_files(s: Settings) -> tuple[str | None, str | None, str | None]:
+    return (s.tls_ca_file, s.tls_cert_file, s.tls_key_file)
 
 
 def _check_deterministic_combinations(s: Settings) -> None:

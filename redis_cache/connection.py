@@ -5,35 +5,65 @@ cluster client's own retry count is 0 too): the Redis layer above owns the retry
 deadline and the circuit breaker, and hidden retries would multiply every timeout.
 Building a client only validates and wires things up; standalone and sentinel clients
 connect on first command, a cluster client reads the slot map while being built.
+
+Every connection, in every topology, reads replies with :class:`BoundedParser`: a
+server that keeps sending (``*2147483647`` then endless ``:1``) or trickles a reply
+must not hang a worker or grow its memory, and ``socket_timeout`` alone bounds each
+read, not a reply. Each connection names its worker (``CLIENT SETNAME
+redis_cache:<host>:<pid>``), so ``CLIENT LIST`` tells workers apart.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import re
+import socket
 import ssl
 import threading
-import urllib.parse
+import time
 import weakref
 from collections.abc import Callable
-from typing import Any, TypeAlias
+from typing import Any, ClassVar, NamedTuple, TypeAlias
 
 import redis
+from redis._parsers.resp2 import _RESP2Parser
+from redis._parsers.socket import SocketBuffer
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
-from redis.connection import parse_url
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelConnectionPool
+from redis.sentinel import (
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 
 from . import exceptions
-from .config import Settings
+from .config import Settings, Target
 
-__all__ = ["CLIENT_NAME", "PROTOCOL", "Client", "ClientProvider", "build_client"]
+__all__ = [
+    "CLIENT_NAME",
+    "PROTOCOL",
+    "BoundedParser",
+    "Client",
+    "ClientProvider",
+    "ReplyTimeoutError",
+    "ReplyTooLargeError",
+    "TLSMismatchError",
+    "build_client",
+    "client_name",
+    "is_cluster",
+    "node_client_for_key",
+    "node_name_for_key",
+    "primary_clients",
+]
 
 Client: TypeAlias = redis.Redis | RedisCluster
 
-CLIENT_NAME = "redis_cache"
+CLIENT_NAME = "redis_cache"  # every connection's name starts with it: redis_cache:<host>:<pid>
 # Idle connections are PINGed before reuse after this many seconds, so a half-open
 # socket (server gone without FIN) costs one socket_timeout instead of a wrong answer.
 HEALTH_CHECK_INTERVAL = 30
@@ -44,103 +74,301 @@ HEALTH_CHECK_INTERVAL = 30
 # on connect, and works with servers older than Redis 6.
 PROTOCOL = 2
 
-# Query parameters a REDIS_CACHE_URL may carry. Everything else is refused: timeouts and
-# retries are ours to set, and redis-py would pass unknown names on to the connection
-# class, failing only at the first command with a TypeError.
-_QUERY_ALLOWED = frozenset({"db", "username", "password"})
-_QUERY_ALLOWED_TLS = _QUERY_ALLOWED | {"ssl_check_hostname"}
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
-_DB_PATH = re.compile(r"^/?(\d+)?/?$")
-
-_TLS_VARIABLES = (
-    ("REDIS_CACHE_TLS_CA_FILE", "tls_ca_file"),
-    ("REDIS_CACHE_TLS_CERT_FILE", "tls_cert_file"),
-    ("REDIS_CACHE_TLS_KEY_FILE", "tls_key_file"),
-)
+# What one reply may hold beyond REDIS_CACHE_MAX_VALUE_BYTES (INFO, CLUSTER SLOTS, an
+# MGET chunk's framing), how many items in all, and how fast it must at least arrive.
+REPLY_HEADROOM_BYTES = 1 << 20
+MAX_REPLY_ITEMS = 1_000_000
+MIN_TRANSFER_RATE = 4 << 20  # bytes per second a declared bulk adds to the deadline
+MAX_LINE = 64 * 1024  # a status, error or length line longer than this is garbage
 
 
-class _Invalid(Exception):
-    """A settings problem found while building; its text is safe to show (no secrets)."""
+class ReplyTooLargeError(redis.exceptions.InvalidResponse):
+    """A reply declared more bytes or items than any operation of ours reads."""
+
+
+class ReplyTimeoutError(redis.exceptions.TimeoutError):
+    """A reply kept arriving, too slowly, past its deadline."""
+
+
+class TLSMismatchError(redis.exceptions.ConnectionError):
+    """The port speaks TLS and the URL does not (or the reverse): retrying cannot help."""
+
+
+# --------------------------------------------------------------------------- bounded replies
+
+
+class _Limits(NamedTuple):
+    reply_bytes: int
+    reply_seconds: float
+
+
+class _BoundedBuffer(SocketBuffer):
+    """redis-py's socket buffer, charging each reply's declared sizes and time.
+
+    :meth:`begin` starts a reply's budget; every line read is checked (length lines
+    against the bytes and items left) before anything is allocated for it, and every
+    socket read waits at most until the reply's deadline.
+    """
+
+    def __init__(self, sock: socket.socket, read_size: int, timeout: Any, limits: _Limits) -> None:
+        super().__init__(sock, read_size, timeout)
+        self.limits = limits
+        self.begin()
+
+    def begin(self) -> None:
+        self._bytes_left = self.limits.reply_bytes
+        self._items_left = MAX_REPLY_ITEMS
+        self._deadline = time.monotonic() + self.limits.reply_seconds
+
+    def _fill(self, timeout: Any) -> None:
+        """One socket read, waiting at most until the reply's deadline."""
+        left = self._deadline - time.monotonic()
+        if isinstance(timeout, (int, float)) and timeout < left:
+            self._read_from_socket(timeout=float(timeout))  # a caller's shorter poll
+            return
+        if left > 0:
+            wait = left if self.socket_timeout is None else min(left, self.socket_timeout)
+            try:
+                self._read_from_socket(timeout=wait)
+                return
+            except redis.exceptions.TimeoutError:
+                if wait < left:
+                    raise  # idle for a whole socket timeout
+        raise ReplyTimeoutError(
+            "reply still incomplete at its deadline (REDIS_CACHE_SOCKET_TIMEOUT, plus "
+            f"1 s per {MIN_TRANSFER_RATE >> 20} MiB declared)"
+        )
+
+    def _charge(self, line: bytes) -> None:
+        self._bytes_left -= len(line)
+        kind = line[:1]
+        if kind in b"$*%~>" and line[1:2] != b"-":  # a length: bulk or aggregate
+            try:
+                count = int(line[1:])
+            except ValueError:
+                return  # the parser reports the protocol error
+            if kind == b"$":
+                self._bytes_left -= count
+                self._deadline += count / MIN_TRANSFER_RATE
+            else:
+                self._items_left -= count * (2 if kind == b"%" else 1)
+        if self._bytes_left < 0 or self._items_left < 0:
+            raise ReplyTooLargeError(
+                f"reply larger than {self.limits.reply_bytes} bytes or {MAX_REPLY_ITEMS} items"
+            )
+
+    def readline(self, timeout: Any = None) -> bytes:
+        buf = self._buffer
+        data = buf.readline()
+        while not data.endswith(b"\r\n"):
+            if len(data) > MAX_LINE:
+                raise ReplyTooLargeError(f"reply line longer than {MAX_LINE} bytes")
+            self._fill(timeout)
+            data += buf.readline()
+        self._charge(data)
+        return data[:-2]
+
+    def read(self, length: int, timeout: Any = None) -> bytes:
+        # _charge has accepted `length` when its header line was read.
+        while self.unread_bytes() < length + 2:
+            self._fill(timeout)
+        return super().read(length)
+
+
+class BoundedParser(_RESP2Parser):
+    """redis-py's RESP2 parser over a :class:`_BoundedBuffer`; limits set per subclass."""
+
+    limits: ClassVar[_Limits] = _Limits(64 << 20, 5.0)
+
+    def on_connect(self, connection: Any) -> None:
+        super().on_connect(connection)  # type: ignore[no-untyped-call]
+        self._buffer = _BoundedBuffer(
+            connection._sock, self.socket_read_size, connection.socket_timeout, self.limits
+        )
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        if self._buffer is not None:
+            self._buffer.begin()
+        return super().read_response(*args, **kwargs)
+
+
+@functools.lru_cache(maxsize=64)
+def _parser_for(limits: _Limits) -> type[BoundedParser]:
+    return type("BoundedParser", (BoundedParser,), {"limits": limits})
+
+
+@functools.lru_cache(maxsize=64)
+def _with_errors(parser: type[BoundedParser], other: Any) -> type[BoundedParser]:
+    errors = getattr(other, "EXCEPTION_CLASSES", parser.EXCEPTION_CLASSES)
+    return type("BoundedParser", (parser,), {"EXCEPTION_CLASSES": errors})
+
+
+def _limits(settings: Settings) -> _Limits:
+    return _Limits(settings.max_value_bytes + REPLY_HEADROOM_BYTES, settings.socket_timeout)
+
+
+# --------------------------------------------------------------------------- connections
+
+
+class _Guarded:
+    """Mixed into each redis-py connection class: the bounded parser, and a hint when a
+    connection fails because one side speaks TLS and the other does not."""
+
+    parser: ClassVar[type[BoundedParser]] = BoundedParser
+    host: str
+    port: int
+    socket_connect_timeout: float | None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["parser_class"] = self.parser
+        super().__init__(*args, **kwargs)
+
+    def set_parser(self, parser_class: Any) -> None:
+        """Keep the bounded parser when redis-py swaps in its own (redis-py 5's cluster
+        client sets ``ClusterParser`` on connect), taking over that one's error table."""
+        if not issubclass(parser_class, BoundedParser):
+            parser_class = _with_errors(self.parser, parser_class)
+        super().set_parser(parser_class)  # type: ignore[misc]
+
+    def connect(self) -> None:
+        try:
+            super().connect()  # type: ignore[misc]
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            hint = self._mismatch(exc)
+            if hint is None:
+                raise
+            raise TLSMismatchError(hint) from exc
+
+    def _mismatch(self, exc: Exception) -> str | None:
+        return None
+
+
+class _PlainGuarded(_Guarded):
+    def _mismatch(self, exc: Exception) -> str | None:
+        # Refused or unreachable is not a mismatch; a reset before the first reply may be.
+        if "connecting to" in str(exc) or not _speaks_tls(self.host, self.port, self._probe):
+            return None
+        return (
+            f"{self.host}:{self.port} speaks TLS and REDIS_CACHE_URL does not: "
+            "use a rediss:// URL"
+        )
+
+    @property
+    def _probe(self) -> float:
+        return self.socket_connect_timeout or 1.0
+
+
+class _TLSGuarded(_PlainGuarded):
+    def _mismatch(self, exc: Exception) -> str | None:
+        if isinstance(exc, redis.ConnectionError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            return None  # TLS works; the certificate does not verify (see translate)
+        if not _speaks_plain_redis(self.host, self.port, self._probe):
+            return None
+        return (
+            f"{self.host}:{self.port} does not speak TLS: use a redis:// URL, or point "
+            "rediss:// at the server's tls-port"
+        )
+
+
+def _speaks_tls(host: str, port: int, timeout: float) -> bool:
+    """Whether ``host:port`` completes a TLS handshake (certificate not checked)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=host),
+        ):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _speaks_plain_redis(host: str, port: int, timeout: float) -> bool:
+    """Whether ``host:port`` answers a plain-text PING like a Redis server."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64)[:1] in (b"+", b"-")
+    except OSError:
+        return False
+
+
+@functools.lru_cache(maxsize=64)
+def _connection_class(base: type, parser: type[BoundedParser]) -> type:
+    ssl_based = issubclass(base, redis.SSLConnection)
+    mixin: type[_Guarded] = _TLSGuarded if ssl_based else _PlainGuarded
+    if issubclass(base, redis.UnixDomainSocketConnection):
+        mixin = _Guarded
+    return type(base.__name__, (mixin, base), {"parser": parser})
+
+
+def _classes(settings: Settings) -> Callable[[type], type]:
+    parser = _parser_for(_limits(settings))
+    return lambda base: _connection_class(base, parser)
+
+
+# --------------------------------------------------------------------------- kwargs
 
 
 def _no_retry() -> Retry:
     return Retry(NoBackoff(), 0)
 
 
-def _common_kwargs(settings: Settings) -> dict[str, Any]:
+def client_name() -> str:
+    """``redis_cache:<host>:<pid>``: what ``CLIENT LIST`` shows for this worker.
+
+    ``CLIENT SETNAME`` refuses spaces and anything outside ``!``..``~``; such host
+    name characters become ``_``. Computed when a client is built, so a forked child
+    (which builds its own) names itself.
+    """
+    host = re.sub(r"[^!-~]", "_", socket.gethostname()) or "unknown"
+    return f"{CLIENT_NAME}:{host}:{os.getpid()}"
+
+
+def _no_client_info() -> dict[str, Any]:
+    """No ``CLIENT SETINFO`` on connect: one round trip less, and a guarded sentinel
+    refuses it before authentication. redis-py 8 spells it ``driver_info=None``."""
+    if "driver_info" in inspect.signature(redis.Redis.__init__).parameters:
+        return {"driver_info": None}
+    return {"lib_name": None, "lib_version": None}
+
+
+def _common_kwargs(settings: Settings, target: Target) -> dict[str, Any]:
     return {
         "socket_connect_timeout": settings.connect_timeout,
         "socket_timeout": settings.socket_timeout,
         "health_check_interval": HEALTH_CHECK_INTERVAL,
-        "client_name": CLIENT_NAME,
+        "client_name": client_name(),
         "decode_responses": False,
         "protocol": PROTOCOL,
+        "retry": _no_retry(),
+        "db": target.db,
+        "username": target.username,
+        "password": target.password,
     }
 
 
-# --------------------------------------------------------------------------- URL and TLS
-
-
-def _url_options(url: str) -> tuple[str, dict[str, Any]]:
-    """Validate ``url`` and return its scheme and redis-py's own parse of it.
-
-    Error texts name parameters and parts, never values: a malformed URL may have a
-    password fragment wherever urllib thinks the port or query is.
-    """
-    # Errors are raised outside the except blocks: `from None` only hides the
-    # original exception, whose text may quote part of a password, and keeps it
-    # reachable as __context__.
-    try:
-        parts: urllib.parse.SplitResult | None = urllib.parse.urlsplit(url)
-        parts.port  # type: ignore[union-attr]  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        parts = None
-    if parts is None:
-        raise _Invalid("REDIS_CACHE_URL has an invalid host or port")
-    scheme = parts.scheme.lower()
-    if scheme not in ("redis", "rediss", "unix"):
-        raise _Invalid("REDIS_CACHE_URL must start with redis://, rediss:// or unix://")
-    if scheme != "unix" and not _DB_PATH.match(parts.path):
-        raise _Invalid("the path of REDIS_CACHE_URL must be empty or a database number")
-    allowed = _QUERY_ALLOWED_TLS if scheme == "rediss" else _QUERY_ALLOWED
-    for name in urllib.parse.parse_qs(parts.query):
-        if name not in allowed:
-            shown = repr(name) if _IDENTIFIER.match(name) else "a query parameter"
-            raise _Invalid(
-                f"REDIS_CACHE_URL has unsupported {shown} (supported: {', '.join(sorted(allowed))})"
-            )
-    problem = None
-    try:
-        options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
-    except ValueError as exc:
-        # redis-py's own messages name the parameter only ("Invalid value for 'db' ...").
-        problem = str(exc)
-    if problem is not None:
-        raise _Invalid(f"REDIS_CACHE_URL is invalid: {problem}")
-    return scheme, options
-
-
-def _tls_kwargs(settings: Settings, tls: bool) -> dict[str, Any]:
+def _tls_kwargs(settings: Settings, target: Target) -> dict[str, Any]:
     """``ssl_*`` arguments, after checking that every named file loads.
 
     Checked now because redis-py only reads them on connect, where a typo would look
     like an unreachable server; and an encrypted key would make OpenSSL prompt on a tty.
     """
-    given = {
-        var: getattr(settings, attr) for var, attr in _TLS_VARIABLES if getattr(settings, attr)
-    }
-    if not tls:
-        if given:
-            raise _Invalid(f"{', '.join(given)} set, but TLS needs a rediss:// REDIS_CACHE_URL")
+    if not target.tls:
         return {}
-    ca = settings.tls_ca_file
-    cert = settings.tls_cert_file
-    key = settings.tls_key_file
+    ca, cert, key = settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file
     if key and not cert:
         raise _Invalid("REDIS_CACHE_TLS_KEY_FILE is set without REDIS_CACHE_TLS_CERT_FILE")
-    for var, path in given.items():
-        if not os.path.isfile(path) or not os.access(path, os.R_OK):
-            raise _Invalid(f"{var}={path!r} is not a readable file")
+    named = {
+        "REDIS_CACHE_TLS_CA_FILE": ca,
+        "REDIS_CACHE_TLS_CERT_FILE": cert,
+        "REDIS_CACHE_TLS_KEY_FILE": key,
+    }
+    for variable, path in named.items():
+        if path and (not os.path.isfile(path) or not os.access(path, os.R_OK)):
+            raise _Invalid(f"{variable}={path!r} is not a readable file")
     context = ssl.create_default_context()
     if ca:
         try:
@@ -161,48 +389,72 @@ def _tls_kwargs(settings: Settings, tls: bool) -> dict[str, Any]:
         "ssl_ca_certs": ca,
         "ssl_certfile": cert,
         "ssl_keyfile": key,
+        "ssl_check_hostname": target.check_hostname,
     }
+
+
+class _Invalid(Exception):
+    """A settings problem found while building; its text is safe to show (no secrets)."""
 
 
 # --------------------------------------------------------------------------- builders
 
 
-def _build_standalone(settings: Settings, url: str) -> redis.Redis:
-    scheme, _ = _url_options(url)
-    return redis.Redis.from_url(
-        url,
-        retry=_no_retry(),
-        **_common_kwargs(settings),
-        **_tls_kwargs(settings, scheme == "rediss"),
-    )
+def _build_standalone(settings: Settings, target: Target) -> redis.Redis:
+    bounded = _classes(settings)
+    kwargs = _common_kwargs(settings, target)
+    if target.path is not None:
+        pool = redis.ConnectionPool(
+            connection_class=bounded(redis.UnixDomainSocketConnection), path=target.path, **kwargs
+        )
+    else:
+        base = redis.SSLConnection if target.tls else redis.Connection
+        pool = redis.ConnectionPool(
+            connection_class=bounded(base),
+            host=target.host,
+            port=target.port,
+            **kwargs,
+            **_tls_kwargs(settings, target),
+        )
+    client = redis.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True
+    return client
 
 
-def _build_cluster(settings: Settings, url: str) -> RedisCluster:
-    scheme, _ = _url_options(url)
-    if scheme == "unix":
-        raise _Invalid("a cluster needs a redis:// or rediss:// seed node, not unix://")
-    kwargs = _common_kwargs(settings)
+def _build_cluster(settings: Settings, target: Target) -> RedisCluster:
+    kwargs = _common_kwargs(settings, target)
     # RedisCluster silently drops health_check_interval (not in its REDIS_ALLOWED_KEYS),
-    # but builds every node's pool from connection_pool_class: set it there.
+    # and takes no connection class: every node's pool is a _NodePool, which sets both.
+    # A cluster has database 0 only (config refuses another).
     kwargs.pop("health_check_interval")
+    kwargs.pop("db")
+    node_pool = type("_NodePool", (_NodePool,), {"parser": _parser_for(_limits(settings))})
     # ``retry`` is the cluster client's own count of retries after connection errors,
     # timeouts and CLUSTERDOWN (redis-py 8 default: 10 with backoff); node connections
     # get 0 retries from redis-py itself. MOVED/ASK redirects are still followed: that
-    # is routing, not retrying.
+    # is routing, not retrying. The seed URL carries no credentials (kwargs do).
+    scheme = "rediss" if target.tls else "redis"
     return RedisCluster.from_url(
-        url,
-        retry=_no_retry(),
-        connection_pool_class=_HealthCheckedPool,
+        f"{scheme}://{_bracketed(target.host or '')}:{target.port}",
+        connection_pool_class=node_pool,
         **kwargs,
-        **_tls_kwargs(settings, scheme == "rediss"),
+        **_tls_kwargs(settings, target),
     )
 
 
-class _HealthCheckedPool(redis.ConnectionPool):
-    """A cluster node's pool with our health check interval (see ``_build_cluster``)."""
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class _NodePool(redis.ConnectionPool):
+    """A cluster node's pool: our health check interval and bounded connections."""
+
+    parser: ClassVar[type[BoundedParser]] = BoundedParser
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("health_check_interval", HEALTH_CHECK_INTERVAL)
+        base = kwargs.get("connection_class", redis.Connection)
+        kwargs["connection_class"] = _connection_class(base, self.parser)
         super().__init__(**kwargs)
 
 
@@ -255,41 +507,31 @@ def _sentinel_kwargs(
         "socket_timeout": settings.socket_timeout,
         "retry": _no_retry(),
         "protocol": PROTOCOL,
-        "driver_info": None,
+        **_no_client_info(),
         **tls_kwargs,
     }
+    if tls_kwargs:
+        kwargs["ssl"] = True
     if password:
         kwargs["redis_connect_func"] = _sentinel_auth_on_demand(username, password)
     return kwargs
 
 
-def _build_sentinel(settings: Settings) -> redis.Redis:
+def _build_sentinel(settings: Settings, target: Target) -> redis.Redis:
     """Master client via the sentinels; the URL (if any) gives only user, password, db, TLS."""
-    tls = False
-    credentials: dict[str, Any] = {}
-    options: dict[str, Any] = {}
-    if settings.url:
-        scheme, options = _url_options(settings.url)
-        if scheme == "unix":
-            raise _Invalid("REDIS_CACHE_SENTINELS cannot be combined with a unix:// URL")
-        tls = scheme == "rediss"
-        credentials = {k: options[k] for k in ("username", "password", "db") if k in options}
-    tls_kwargs = _tls_kwargs(settings, tls)
-    if tls:
-        tls_kwargs["ssl"] = True
-        if "ssl_check_hostname" in options:
-            tls_kwargs["ssl_check_hostname"] = options["ssl_check_hostname"]
-    sentinel_kwargs = _sentinel_kwargs(
-        settings, credentials.get("username"), credentials.get("password"), tls_kwargs
-    )
+    tls_kwargs = _tls_kwargs(settings, target)
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        list(settings.sentinels), sentinel_kwargs=sentinel_kwargs
+        list(target.sentinels),
+        sentinel_kwargs=_sentinel_kwargs(settings, target.username, target.password, tls_kwargs),
     )
+    parser = _parser_for(_limits(settings))
+    for node in sentinel.sentinels:  # discovery replies are bounded too
+        node.connection_pool.connection_kwargs["parser_class"] = parser
+    base = SentinelManagedSSLConnection if target.tls else SentinelManagedConnection
     client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-        settings.sentinel_master,
-        retry=_no_retry(),
-        **_common_kwargs(settings),
-        **credentials,
+        target.service,
+        connection_class=_classes(settings)(base),
+        **_common_kwargs(settings, target),
         **tls_kwargs,
     )
     return client
@@ -302,14 +544,15 @@ def build_client(settings: Settings) -> Client:
     ``settings.server_name`` (never credentials) if it cannot be built.
     """
     try:
-        if settings.sentinels:
-            return _build_sentinel(settings)
-        if not settings.url:
+        target = settings.target
+        if target is None:
             raise _Invalid("neither REDIS_CACHE_URL nor REDIS_CACHE_SENTINELS is set")
-        if settings.cluster:
-            return _build_cluster(settings, settings.url)
-        return _build_standalone(settings, settings.url)
-    except _Invalid as exc:
+        if target.topology == "sentinel":
+            return _build_sentinel(settings, target)
+        if target.topology == "cluster":
+            return _build_cluster(settings, target)
+        return _build_standalone(settings, target)
+    except (_Invalid, exceptions.InvalidSettingError) as exc:
         raise exceptions.RemoteUnavailableError(
             f"cannot use Redis at {settings.server_name}: {exc}"
         ) from exc
@@ -321,6 +564,33 @@ def build_client(settings: Settings) -> Client:
         ) from exc
 
 
+# --------------------------------------------------------------------------- cluster nodes
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` talks to a Redis Cluster (else one server: standalone or sentinel)."""
+    return isinstance(client, RedisCluster)
+
+
+def primary_clients(client: Any) -> list[redis.Redis]:
+    """A plain client per primary: every node of a cluster, else ``client`` itself."""
+    if is_cluster(client):
+        return [client.get_redis_connection(node) for node in client.get_primaries()]
+    return [client]
+
+
+def node_client_for_key(client: Any, key: str) -> redis.Redis:
+    """A plain client of the node holding ``key`` (``client`` itself outside a cluster)."""
+    if is_cluster(client):
+        return client.get_redis_connection(client.get_node_from_key(key))  # type: ignore[no-any-return]
+    return client  # type: ignore[no-any-return]
+
+
+def node_name_for_key(client: Any, key: str) -> str:
+    """``host:port`` of the node holding ``key`` on a cluster; ``""`` elsewhere."""
+    return str(client.get_node_from_key(key).name) if is_cluster(client) else ""
+
+
 # --------------------------------------------------------------------------- per-process
 
 
@@ -328,12 +598,13 @@ class ClientProvider:
     """One client per process, built on first :meth:`get`, thread-safe, fork- and spawn-safe.
 
     A forked child never uses or closes the parent's client: the at-fork hook (and a
-    pid check, for forks that bypass it) makes the child build its own. The inherited
-    client is parked, not dropped: collecting it would run redis-py's pool ``reset()``,
-    which in 8.x takes the pool lock inherited from the parent, and that lock may have
-    been held by another parent thread at fork time (a deadlock in the child). Its
-    sockets stay untouched either way, since redis-py only ``shutdown()``s a socket in
-    the process that opened it. Pickling (spawn) carries only the settings.
+    pid check, for forks that bypass it) makes the child build its own, named after
+    its own pid. The inherited client is parked, not dropped: collecting it would run
+    redis-py's pool ``reset()``, which in 8.x takes the pool lock inherited from the
+    parent, and that lock may have been held by another parent thread at fork time (a
+    deadlock in the child). Its sockets stay untouched either way, since redis-py only
+    ``shutdown()``s a socket in the process that opened it. Pickling (spawn) carries
+    only the settings.
     """
 
     def __init__(

@@ -1,11 +1,14 @@
 """``redis-cache doctor``: is this machine's configuration fit for workers?
 
 Loads settings exactly as a worker does, then checks, one verdict each, what the
-layers rely on: a writable disk directory, a reachable primary that never evicts
-deterministic entries, rights on the namespace's keys and scripts, leases that
-expire, and a value size limit the server accepts. Server messages are shown with
-the error class and the redacted server name; known secrets are scrubbed from
-every line anyway, since a server's reply is text we do not control.
+layers rely on: credentials that are not placeholders, a signing secret, a
+writable disk directory, a reachable primary that never evicts deterministic
+entries (and, for global determinism, persists them), rights on the namespace's
+keys and scripts, leases that expire, and a value size limit the server accepts.
+What the server offers is read once (:mod:`redis_cache.fitness`), as ``dcache``
+reads it. Server messages are shown with the error class and the redacted server
+name; known secrets are scrubbed from every line anyway, since a server's reply is
+text we do not control.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from typing import Any, Literal
 
 import redis.exceptions
 
-from . import config, exceptions
+from . import config, exceptions, fitness
 from .config import Settings
+from .fitness import ServerReport
 from .layers.redis import RedisLayer
 
 Status = Literal["ok", "FAIL", "warn", "skip"]
@@ -35,7 +39,19 @@ PROBE_TTL_MS = 10_000  # a probe key left behind (no DEL right) expires by itsel
 PROBE_SCRIPT = "return redis.call('GET', KEYS[1])"
 _VERIFY_FAILED = re.compile(r"CERTIFICATE_VERIFY_FAILED\]\s*(?:certificate verify failed:)?([^(]*)")
 _REMOTE_CHECKS = ("role", "eviction", "persistence", "replicas", "acl", "lease", "max-value")
-_SAFE_POLICIES = ("noeviction", "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl")
+_SERVER_CHECKS = ("role", "eviction", "persistence", "replicas", "max-value")
+# Parts of a password or secret that mark a value nobody replaced (compared lowercased,
+# without - _ . and spaces): the shipped deploy files use CHANGE-ME-..., docs use example.
+PLACEHOLDERS = (
+    "changeme",
+    "replaceme",
+    "placeholder",
+    "password",
+    "example",
+    "yoursecret",
+    "secrethere",
+    "xxxxxx",
+)
 
 
 @dataclass(frozen=True)
@@ -71,7 +87,12 @@ def run() -> Report:
         settings = config.load()
     except exceptions.InvalidSettingError as exc:
         return Report([Check("settings", "FAIL", str(exc))])
-    checks = [check_settings(settings), check_disk(settings.dir)]
+    checks = [
+        check_settings(settings),
+        check_credentials(settings),
+        check_secret(settings),
+        check_disk(settings.dir),
+    ]
     if not settings.has_remote:
         checks.append(Check("remote", "skip", "REDIS_CACHE_URL is not set: memo + disk only"))
     else:
@@ -97,6 +118,39 @@ def check_settings(settings: Settings) -> Check:
     return Check("settings", status, f"dcache will refuse to start: {problem}")
 
 
+def check_credentials(settings: Settings) -> Check:
+    """FAIL on a password or secret that was never replaced (``CHANGE-ME-…``, ``example``)."""
+    target = settings.target
+    named = {
+        "the password in REDIS_CACHE_URL": target.password if target else None,
+        "REDIS_CACHE_SECRET": settings.secret.decode(errors="replace") if settings.secret else None,
+    }
+    placeholders = [name for name, value in named.items() if value and is_placeholder(value)]
+    if placeholders:
+        detail = f"{' and '.join(placeholders)}: a placeholder nobody replaced; set real ones"
+        return Check("credentials", "FAIL", f"{detail} (words checked: docs/security.md)")
+    given = [name for name, value in named.items() if value]
+    if not given:
+        return Check("credentials", "skip", "no password or secret set")
+    return Check("credentials", "ok", f"{' and '.join(given)}: no placeholder")
+
+
+def is_placeholder(value: str) -> bool:
+    """Whether ``value`` contains a word of :data:`PLACEHOLDERS`."""
+    squashed = re.sub(r"[-_. ]", "", value.lower())
+    return any(word in squashed for word in PLACEHOLDERS)
+
+
+def check_secret(settings: Settings) -> Check:
+    """Without a secret, every reader trusts whatever anyone who can write stored."""
+    if settings.secret:
+        return Check("secret", "ok", "REDIS_CACHE_SECRET set: entries are signed and verified")
+    if not settings.has_remote:
+        return Check("secret", "skip", "REDIS_CACHE_SECRET not set (no remote layer)")
+    return Check("secret", "warn", "REDIS_CACHE_SECRET not set: every worker trusts whatever "
+                 "anyone who can write to the namespace stored (see docs/security.md)")  # fmt: skip
+
+
 def check_disk(directory: Path) -> Check:
     """Create, link and delete a file: exactly what the disk layer does for each entry."""
     token = f".doctor-{os.getpid()}-{secrets.token_hex(4)}"
@@ -115,9 +169,7 @@ def check_disk(directory: Path) -> Check:
 
 
 def _topology(settings: Settings) -> str:
-    if settings.sentinels:
-        return "sentinel"
-    return "cluster" if settings.cluster else "standalone"
+    return settings.target.topology if settings.target else "none"
 
 
 # --------------------------------------------------------------------------- remote
@@ -131,9 +183,9 @@ def remote_checks(settings: Settings) -> list[Check]:
         if client is None:
             checks += [Check(n, "skip", "not checked: server unreachable") for n in _REMOTE_CHECKS]
             return checks
-        checks += _server_checks(layer, client)
-        checks += [check_acl(layer, client), check_lease(layer, client)]
-        checks.append(check_max_value(layer, client))
+        server = _server_checks(layer)
+        checks += server[:-1]
+        checks += [check_acl(layer, client), check_lease(layer, client), server[-1]]
         return checks
     finally:
         layer.close()
@@ -157,9 +209,9 @@ def _reachable(settings: Settings, failure: Exception | None) -> Check:
 
 
 def _tls(settings: Settings, failure: Exception | None) -> Check:
-    scheme = (settings.url or "").split("://", 1)[0].lower()
-    if scheme != "rediss":
-        return Check("tls", "skip", f"not in use ({scheme or 'no'} URL)")
+    target = settings.target
+    if target is None or not target.tls:
+        return Check("tls", "skip", f"not in use ({target.scheme if target else 'no'} URL)")
     reason = None if failure is None else _cert_failure(failure)
     if reason is not None:
         return Check("tls", "FAIL", f"server certificate not verified ({reason}); "
@@ -190,91 +242,81 @@ def _chain(exc: BaseException | None) -> Iterator[BaseException]:
         exc = exc.__cause__ or exc.__context__
 
 
-def _node_clients(client: Any) -> list[Any]:
-    """A plain client per primary (the client itself unless it is a cluster)."""
-    if hasattr(client, "get_primaries"):
-        return [client.get_redis_connection(node) for node in client.get_primaries()]
-    return [client]
-
-
-def _server_checks(layer: RedisLayer, client: Any) -> list[Check]:
-    """Role, eviction, persistence and replicas from INFO of every primary."""
+def _server_checks(layer: RedisLayer) -> list[Check]:
+    """Role, eviction, persistence, replicas and max-value from one fitness report."""
     settings = layer.settings
     try:
-        with layer.translated("INFO"):
-            infos = [node.info() for node in _node_clients(client)]
+        report = fitness.inspect(layer)
     except exceptions.RemoteUnavailableError as exc:
-        global_dcache = settings.deterministic and settings.determinism == "global"
-        status: Status = "FAIL" if global_dcache else "warn"
+        status: Status = "FAIL" if settings.deterministic_global else "warn"
         return [
             Check("role", status, f"{exc} (dcache's consistency check needs INFO)"),
-            *(Check(n, "skip", "INFO unavailable") for n in _REMOTE_CHECKS[1:4]),
+            *(Check(n, "skip", "INFO unavailable") for n in _SERVER_CHECKS[1:]),
         ]
     return [
-        check_role(settings, infos),
-        check_eviction(settings, infos),
-        check_persistence(infos, _config_values(layer, client, "save")),
-        check_replicas(settings, infos),
+        check_role(settings, report),
+        check_eviction(settings, report),
+        check_persistence(settings, report),
+        check_replicas(settings, report),
+        check_max_value(settings, report),
     ]
 
 
-def check_role(settings: Settings, infos: list[dict[str, Any]]) -> Check:
-    roles = {str(i.get("role")) for i in infos}
-    version = ",".join(sorted({str(i.get("redis_version", "?")) for i in infos}))
-    if roles == {"master"}:
-        count = f"{len(infos)} primaries" if len(infos) > 1 else "primary"
-        return Check("role", "ok", f"{count} (redis {version})")
-    shown = ",".join(sorted(roles))
+def check_role(settings: Settings, report: ServerReport) -> Check:
+    if report.primary:
+        count = f"{len(report.nodes)} primaries" if len(report.nodes) > 1 else "primary"
+        return Check("role", "ok", f"{count} (redis {report.versions})")
     if settings.read_only:
-        return Check("role", "warn", f"role {shown}: reads only (REDIS_CACHE_READ_ONLY=1)")
-    return Check("role", "FAIL", f"role {shown}, not a primary: writes will be refused")
+        return Check("role", "warn", f"role {report.roles}: reads only (REDIS_CACHE_READ_ONLY=1)")
+    return Check("role", "FAIL", f"role {report.roles}, not a primary: writes will be refused")
 
 
-def check_eviction(settings: Settings, infos: list[dict[str, Any]]) -> Check:
-    policies = sorted({str(i.get("maxmemory_policy", "unknown")) for i in infos})
-    shown = ",".join(policies)
-    if all(p in _SAFE_POLICIES for p in policies):
+def check_eviction(settings: Settings, report: ServerReport) -> Check:
+    shown = report.eviction_policies
+    if report.eviction_safe:
         return Check("eviction", "ok", f"maxmemory-policy {shown}: entries without TTL are kept")
     detail = f"maxmemory-policy {shown} may evict entries without TTL"
-    if settings.deterministic and settings.determinism == "global":
+    if settings.deterministic_global:
         return Check("eviction", "FAIL", f"{detail}, breaking global determinism "
                      "(use noeviction or a volatile-* policy)")  # fmt: skip
     return Check("eviction", "warn", f"{detail} (fine for fcache; unsafe for dcache)")
 
 
-def check_persistence(infos: list[dict[str, Any]], save: list[str] | None) -> Check:
-    if all(int(i.get("aof_enabled", 0)) for i in infos):
+def check_persistence(settings: Settings, report: ServerReport) -> Check:
+    """Global determinism needs persistence: a restart that loses entries lets workers
+    compute new results for keys whose old results others already used."""
+    if any(node.aof for node in report.nodes) and report.persistent:
         return Check("persistence", "ok", "AOF on")
-    if save is not None and save and all(s.strip() for s in save):
-        return Check("persistence", "ok", f"RDB snapshots (save {save[0]!r})")
-    if save is None:
+    if report.persistent:
+        save = next(node.rdb_save for node in report.nodes if node.rdb_save)
+        return Check("persistence", "ok", f"RDB snapshots (save {save!r})")
+    if report.persistent is None:
         return Check("persistence", "warn", "AOF off; RDB unknown (CONFIG GET not allowed)")
-    return Check("persistence", "warn", "neither AOF nor RDB: a restart loses every entry")
+    detail = "neither AOF nor RDB: a restart loses every entry"
+    if settings.deterministic_global:
+        return Check("persistence", "FAIL", f"{detail}, and workers then compute new results "
+                     "for keys others already used, breaking global determinism "
+                     "(appendonly yes, or a save schedule)")  # fmt: skip
+    return Check("persistence", "warn", detail)
 
 
-def check_replicas(settings: Settings, infos: list[dict[str, Any]]) -> Check:
-    connected = min(int(i.get("connected_slaves", 0)) for i in infos)
+def check_replicas(settings: Settings, report: ServerReport) -> Check:
     wanted = settings.min_replicas
-    detail = f"{connected} connected, REDIS_CACHE_MIN_REPLICAS={wanted}"
-    if connected < wanted:
+    detail = f"{report.replicas} connected, REDIS_CACHE_MIN_REPLICAS={wanted}"
+    if report.replicas < wanted:
         return Check("replicas", "FAIL", f"{detail}: every write would fail its WAIT")
     return Check("replicas", "ok", detail)
 
 
-def _config_values(layer: RedisLayer, client: Any, name: str) -> list[str] | None:
-    """``CONFIG GET name`` of every primary, or ``None`` where CONFIG is not allowed."""
-    try:
-        with layer.translated("CONFIG GET"):
-            replies = [node.config_get(name) for node in _node_clients(client)]
-    except exceptions.RemoteUnavailableError:
-        return None
-    values = []
-    for reply in replies:
-        raw = next(iter(reply.values()), None) if reply else None
-        if raw is None:
-            return None
-        values.append(raw.decode() if isinstance(raw, bytes) else str(raw))
-    return values
+def check_max_value(settings: Settings, report: ServerReport) -> Check:
+    server_limit = report.proto_max_bulk_len
+    if server_limit is None:
+        return Check("max-value", "skip", "proto-max-bulk-len unknown (CONFIG GET not allowed)")
+    ours = settings.max_value_bytes
+    detail = f"REDIS_CACHE_MAX_VALUE_BYTES={ours}, server proto-max-bulk-len={server_limit}"
+    if ours > server_limit:
+        return Check("max-value", "FAIL", f"{detail}: larger values would be refused")
+    return Check("max-value", "ok", detail)
 
 
 # --------------------------------------------------------------------------- probes
@@ -330,18 +372,6 @@ def check_lease(layer: RedisLayer, client: Any) -> Check:
         return Check("lease", "ok", f"SET PX {LEASE_PROBE_MS} then PTTL {pttl}")
     return Check("lease", "FAIL", f"SET PX {LEASE_PROBE_MS} then PTTL {pttl}: leases would "
                  "never expire or vanish at once")  # fmt: skip
-
-
-def check_max_value(layer: RedisLayer, client: Any) -> Check:
-    values = _config_values(layer, client, "proto-max-bulk-len")
-    if not values:
-        return Check("max-value", "skip", "proto-max-bulk-len unknown (CONFIG GET not allowed)")
-    server_limit = min(int(v) for v in values)
-    ours = layer.settings.max_value_bytes
-    detail = f"REDIS_CACHE_MAX_VALUE_BYTES={ours}, server proto-max-bulk-len={server_limit}"
-    if ours > server_limit:
-        return Check("max-value", "FAIL", f"{detail}: larger values would be refused")
-    return Check("max-value", "ok", detail)
 
 
 # --------------------------------------------------------------------------- secrets

@@ -149,12 +149,28 @@ class CustomParamsEncoderRequiredError(UserError):
     """Parameters need a ``custom_params_encoder`` to become a key."""
 
     def __init__(self, fn: Any, detail: str = "") -> None:
-        name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}"
+        # Never the repr of fn: a partial's or an instance's repr shows its arguments.
+        name = (
+            fn
+            if isinstance(fn, str)
+            else f"{getattr(fn, '__module__', '?')}."
+            f"{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+        )
         extra = f": {detail}" if detail else ""
         super().__init__(
             f"parameters of {name} cannot be encoded as a cache key{extra}; "
             "pass custom_params_encoder"
         )
+
+
+class UncacheableCallableError(UserError):
+    """The callable can never be cached: an ``async def`` function, an async generator,
+    a ``classmethod`` object, or something that is not callable."""
+
+
+class MainModuleKeyWarning(UserWarning):
+    """A function of ``__main__`` is keyed by its name alone: every script and notebook
+    cell defining a function of that name shares its entries."""
 
 
 class CustomResultEncoderRequiredError(UserError):

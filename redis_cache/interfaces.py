@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import atexit
 import functools
-import inspect
 import logging
 import threading
 import time
@@ -54,13 +53,6 @@ class Hit(Generic[T]):
     """A cache hit; ``value`` may itself be ``None``, so a miss is a bare ``None``."""
 
     value: T
-
-
-def callee_name(fn: Callable[..., Any]) -> str:
-    """Module-qualified name: the bare ``__name__`` collides across modules."""
-    module = getattr(fn, "__module__", None) or getattr(type(fn), "__module__", "builtins")
-    qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-    return f"{module}.{qualname}"
 
 
 class _FastIndex:
@@ -211,7 +203,8 @@ class CacheInterface:
                     return Hit(_decoded(entry, custom_result_decoder))
         else:
             isolation = context.isolation_key(ischema)
-        key = self._key(fn, callee_name(fn), params, isolation, custom_params_encoder)
+        callee = keys.callee_of(fn, has_params_encoder=custom_params_encoder is not None)
+        key = self._key(fn, callee, params, isolation, custom_params_encoder)
         entry = self._lookup(runtime, key)
         if entry is None:
             return None
@@ -231,7 +224,8 @@ class CacheInterface:
         runtime = self._runtime()
         if not runtime.settings.enabled:
             return [None] * len(many)
-        callee, isolation = callee_name(fn), context.isolation_key(ischema)
+        callee = keys.callee_of(fn, has_params_encoder=custom_params_encoder is not None)
+        isolation = context.isolation_key(ischema)
         entry_keys = [self._key(fn, callee, p, isolation, custom_params_encoder) for p in many]
         entries = self._lookup_many(runtime, entry_keys)
         decode = custom_result_decoder
@@ -262,7 +256,8 @@ class CacheInterface:
         keyer = self._default_keyer
         fingerprint = keyer.fingerprint() if default and keyer.varies else None
         isolation = keyer.key(fingerprint) if default else context.isolation_key(ischema)
-        key = self._key(fn, callee_name(fn), params, isolation, custom_params_encoder)
+        callee = keys.callee_of(fn, has_params_encoder=custom_params_encoder is not None)
+        key = self._key(fn, callee, params, isolation, custom_params_encoder)
         stored = custom_result_encoder(result) if custom_result_encoder else result
         computed = Computed(stored, self._encode(runtime, key, stored))
         landed = runtime.policy.flight.insert(key, computed)
@@ -301,9 +296,13 @@ class CacheInterface:
             )
 
         def decorator(fn: Callable[P, R]) -> Callable[P, R]:
+            # Identity errors (async, unencodable bound state) and the __main__ warning
+            # come here, at decoration, and the name is computed once.
+            callee = keys.callee_of(fn, has_params_encoder=custom_params_encoder is not None)
             return self._wrap(
-                fn, ischema, custom_params_encoder, custom_result_encoder, custom_result_decoder
-            )
+                fn, callee, ischema, custom_params_encoder, custom_result_encoder,
+                custom_result_decoder,
+            )  # fmt: skip
 
         return decorator
 
@@ -315,22 +314,21 @@ class CacheInterface:
         custom_params_encoder: Callable[..., Any] | None = None,
     ) -> EntryKey:
         """The entry a call would use (where it lives in each layer), for tools and tests."""
-        return self._key(fn, callee_name(fn), params, context.isolation_key(ischema),
+        callee = keys.callee_of(fn, has_params_encoder=custom_params_encoder is not None)
+        return self._key(fn, callee, params, context.isolation_key(ischema),
                          custom_params_encoder)  # fmt: skip
 
     # -- the record wrapper -----------------------------------------------------------
 
-    def _wrap(
+    def _wrap(  # noqa: PLR0917
         self,
         fn: Callable[P, R],
+        callee: keys.Callee,
         ischema: context.IsolationSchema | None,
         params_encoder: Callable[..., Any] | None,
         encode: Encoder | None,
         decode: Encoder | None,
     ) -> Callable[P, R]:
-        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
-            raise TypeError(f"cannot record {callee_name(fn)}: async functions are not supported")
-        callee = callee_name(fn)
         keyer = context.IsolationKeyer(ischema)
         varies = keyer.varies
         if ischema is None and params_encoder is None:
@@ -339,7 +337,8 @@ class CacheInterface:
             index = _FastIndex(fn)
             self._indexes.add(index)
         entries = index.entries
-        counters = self._stats.callee(callee)
+        counters = self._stats.callee(callee.name)
+        name = callee.name
         space = self.space
         hooks = _hooks
 
@@ -377,7 +376,7 @@ class CacheInterface:
                     entry.used = True
                     counters.memo_hits += 1
                     if hooks:
-                        emit(Event("hit", space, callee, "memo"))
+                        emit(Event("hit", space, name, "memo"))
                     value: R = entry.value if decode is None else decode(entry.value)
                     return value
             return slow(args, kwargs, payload, (fk, ik, fingerprint))
@@ -412,7 +411,7 @@ class CacheInterface:
     def _key(
         self,
         fn: Callable[..., Any],
-        callee: str,
+        callee: keys.Callee,
         params: Params,
         isolation: str,
         params_encoder: Callable[..., Any] | None,
@@ -421,14 +420,15 @@ class CacheInterface:
         payload = params_encoder(*args, **kwargs) if params_encoder else (tuple(args), kwargs)
         return self._key_of(fn, callee, isolation, payload)
 
-    def _key_of(self, fn: Any, callee: str, isolation: str, payload: Any) -> EntryKey:
+    def _key_of(self, fn: Any, callee: keys.Callee, isolation: str, payload: Any) -> EntryKey:
         try:
             # Each interface has a key space of its own: dcache must never adopt an
             # fcache entry (raced, possibly carrying a TTL that lets Redis evict it).
-            digest = keys.entry_digest(callee, f"{self.space}/{isolation}", payload)
+            space = f"{self.space}/{isolation}"
+            digest = keys.entry_digest(callee.name, space, callee.payload(payload))
         except exceptions.KeyEncodingError as exc:
             raise exceptions.CustomParamsEncoderRequiredError(fn, str(exc)) from exc
-        return EntryKey(callee, digest, self.space)
+        return EntryKey(callee.name, digest, self.space)
 
     def _lookup(self, runtime: Runtime, key: EntryKey) -> MemoEntry | None:
         entry = runtime.memo.get(key)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import dumpfile
+from . import connection, dumpfile
 from .dumpfile import SPACES
 from .layers.base import EntryKey, Space
 from .layers.redis import RedisLayer
@@ -131,7 +131,7 @@ def pipelined(
 
 
 def _is_cluster(client: Any) -> bool:
-    return hasattr(client, "get_primaries")
+    return connection.is_cluster(client)
 
 
 # --------------------------------------------------------------------------- stats
@@ -370,10 +370,7 @@ def _node_of(layer: RedisLayer, key: EntryKey) -> str:
     """The node holding ``key`` (always the one primary outside a cluster)."""
     if layer.settings.min_replicas <= 0:
         return ""
-    client = layer.client()
-    if hasattr(client, "get_node_from_key"):
-        return str(client.get_node_from_key(layer.value_key(key)).name)
-    return ""
+    return connection.node_name_for_key(layer.client(), layer.value_key(key))
 
 
 def _load_records(

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import dumpfile, exceptions, forksafe, hooks, locks, policy
+from . import dumpfile, exceptions, forksafe, hooks, keys, locks, policy
 from .codec import Codec
 from .config import Settings
 from .layers.base import EntryKey, Layer, Outcome, Space
@@ -26,17 +26,6 @@ from .layers.disk import DiskLayer
 from .layers.memo import MemoEntry, MemoLayer
 from .retry import Retrier
 from .stats import StatsRecorder
-
-
-def same_value(a: object, b: object) -> bool:
-    """Equal and of the same type all the way down (1 and True are different results)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(same_value(v, b[k]) for k, v in a.items())
-    return bool(a == b)
 
 if TYPE_CHECKING:
     from .layers.redis import RedisLayer
@@ -124,19 +113,26 @@ class Runtime:
     # -- deterministic ---------------------------------------------------------------
 
     def _require_strong_consistency(self) -> None:
-        from .layers.redis import check_consistency  # noqa: PLC0415
+        """Refuse a server that cannot keep one result per key; warn what it risks.
+
+        CONFIG GET is not read: worker ACLs do not grant it, so persistence is known
+        only from INFO (AOF on, or not).
+        """
+        from . import fitness  # noqa: PLC0415
 
         layer = self.redis
         if layer is None:
             return
-        settings = self.settings
-        retry = Retrier(settings.retry_deadline, stats=self.stats)
-        report = retry(lambda: check_consistency(layer), "INFO")
-        if not report.strong:
+        retry = Retrier(self.settings.retry_deadline, stats=self.stats)
+        report = retry(lambda: fitness.inspect(layer, read_config=False), "INFO")
+        problems = report.blocking_problems(self.settings)
+        if problems:
             raise exceptions.DeterministicCachingRequiresStrongConsistencyError(
                 f"global determinism needs strong consistency from redis at "
-                f"{self.settings.server_name}: " + "; ".join(report.problems)
+                f"{self.settings.server_name}: " + "; ".join(problems)
             )
+        for warning in report.warnings(self.settings):
+            logger.warning("dcache at %s: %s", self.settings.server_name, warning)
 
     def prepopulate(self, path: Path) -> None:
         loaded = 0
@@ -173,11 +169,17 @@ class Runtime:
         return dumpfile.write(path, merged.values())
 
     def _same_entry(self, key: EntryKey, a: bytes, b: bytes) -> bool:
+        """The same result: equal canonical encodings (``1`` and ``True``, ``0.0`` and
+        ``-0.0`` differ), or, for results keys cannot encode (signed pickles), the
+        same serialized payload whatever the compression."""
         try:
             first, second = self.codec.decode(key.key_id, a), self.codec.decode(key.key_id, b)
+            same = keys.same_value(first, second)
+            if same is None:
+                return self.codec.payload(key.key_id, a) == self.codec.payload(key.key_id, b)
         except exceptions.ValueDecodingError:
             return False
-        return same_value(first, second)
+        return same
 
     def _dump_records(self) -> list[dumpfile.DumpRecord]:
         records = []

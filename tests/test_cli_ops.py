@@ -197,8 +197,9 @@ def test_doctor_on_a_healthy_server(server_env: dict[str, str], redis_server: Re
     done = run_cli("doctor", env=server_env)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = doctor_lines(done.stdout)
-    expected = {"settings", "disk", "remote", "reachable", "tls", "role", "eviction",
-                "persistence", "replicas", "acl", "lease", "max-value"}  # fmt: skip
+    expected = {"settings", "credentials", "secret", "disk", "remote", "reachable", "tls",
+                "role", "eviction", "persistence", "replicas", "acl", "lease",
+                "max-value"}  # fmt: skip
     assert set(lines) == expected
     assert all(status in ("ok", "skip", "warn") for status in lines.values()), done.stdout
     for name in ("reachable", "role", "eviction", "acl", "lease", "max-value"):

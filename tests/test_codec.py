@@ -512,10 +512,19 @@ def test_compression_thresholds_and_off() -> None:
     assert not read_header(Codec(compression="zlib").encode(KEY, data[:500])).compressed
     big = compressible(1 << 20)
     assert not read_header(Codec(compression="off").encode(KEY, big)).compressed
-    # msgpack payloads are compressed too
-    blob = PLAIN.encode(KEY, [big.decode()] * 2)
+    # msgpack payloads are compressed too...
+    digests = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(5000)]
+    blob = PLAIN.encode(KEY, digests)
     assert read_header(blob).compressed
+    assert PLAIN.decode(KEY, blob) == digests
+    # ...but an unsigned one only as far as readers accept it (they refuse more
+    # than UNSIGNED_MAX_INFLATION); a signed one is trusted to inflate as it likes.
+    blob = PLAIN.encode(KEY, [big.decode()] * 2)
+    assert not read_header(blob).compressed
     assert PLAIN.decode(KEY, blob) == [big.decode()] * 2
+    blob = SIGNED.encode(KEY, [big.decode()] * 2)
+    assert read_header(blob).compressed
+    assert SIGNED.decode(KEY, blob) == [big.decode()] * 2
 
 
 def test_auto_samples_across_the_payload() -> None:
@@ -749,3 +758,72 @@ def test_too_large_value_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(codec, "MAX_RAW_LENGTH", 100)
     with pytest.raises(exceptions.ValueTooLargeError):
         PLAIN.encode(KEY, b"x" * 101)
+
+
+# --- What an unsigned entry may cost a reader (issue 9, item 17) ---
+
+EMPTY_MAPS = 1 << 20  # msgpack: 1 byte each; Python: a 64-byte dict each
+
+
+def empty_maps(count: int = EMPTY_MAPS) -> bytes:
+    return b"\xdd" + struct.pack(">I", count) + b"\x80" * count
+
+
+def peak_memory(fn: Any) -> tuple[int, BaseException | None]:
+    """Peak bytes Python allocated while ``fn`` ran, and what it raised."""
+    tracemalloc.start()
+    try:
+        fn()
+    except Exception as exc:  # reported to the caller
+        error: BaseException | None = exc
+    else:
+        error = None
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak, error
+
+
+def test_a_planted_compressed_entry_cannot_inflate_into_gigabytes() -> None:
+    raw = empty_maps()
+    stored = zlib.compress(raw, 9)
+    assert len(stored) < len(raw) // 500  # ~2 KiB planted, 72 MiB of dicts once decoded
+    blob = envelope(codec.CODEC_MSGPACK, stored, flags=codec.FLAG_ZLIB, raw_length=len(raw))
+    peak, error = peak_memory(lambda: PLAIN.decode(KEY, blob))
+    assert isinstance(error, exceptions.CorruptEntryError), error
+    assert "inflates" in str(error)
+    assert peak < 4 << 20  # refused before decompressing
+
+
+def test_an_unsigned_entry_of_empty_containers_is_refused_while_decoding() -> None:
+    blob = envelope(codec.CODEC_MSGPACK, empty_maps())
+    peak, error = peak_memory(lambda: PLAIN.decode(KEY, blob))
+    assert isinstance(error, exceptions.CorruptEntryError), error
+    limit = codec.UNSIGNED_MAX_EXPANSION * len(empty_maps()) + codec.UNSIGNED_EXPANSION_ALLOWANCE
+    assert peak < limit + (16 << 20)  # about the budget, not 72 bytes per stored byte
+    # Declared lengths are capped before msgpack allocates the container.
+    huge = envelope(codec.CODEC_MSGPACK, b"\xdd\x7f\xff\xff\xff" + b"\xc0" * 64)
+    with pytest.raises(exceptions.CorruptEntryError):
+        PLAIN.decode(KEY, huge)
+
+
+def test_signed_entries_are_trusted_to_expand() -> None:
+    raw = empty_maps(1 << 16)
+    stored = zlib.compress(raw, 9)
+    blob = envelope(
+        codec.CODEC_MSGPACK, stored, flags=codec.FLAG_ZLIB, raw_length=len(raw), secret=SECRET
+    )
+    assert SIGNED.decode(KEY, blob) == [{}] * (1 << 16)
+
+
+def test_realistic_unsigned_values_are_within_the_bounds() -> None:
+    values: list[Any] = [
+        [[i] for i in range(50_000)],
+        [(i, str(i)) for i in range(50_000)],
+        {f"k{i}": {"tile": [i, i + 1], "ok": True} for i in range(20_000)},
+        [{i} for i in range(20_000)],
+        {"shapes": [[16, 32], [64]] * 10_000, "name": "matmul"},
+    ]
+    for value in values:
+        for compression in ("auto", "zlib", "zstd"):
+            c = Codec(compression=compression)  # type: ignore[arg-type]
+            assert c.decode(KEY, c.encode(KEY, value)) == value

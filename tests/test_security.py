@@ -17,7 +17,10 @@ import dataclasses
 import logging
 import os
 import pickle
+import struct
 import traceback
+import tracemalloc
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ import pytest
 
 import redis_cache
 from redis_cache import config, exceptions
-from redis_cache.codec import Codec
+from redis_cache.codec import Codec, unsigned_tag
 from redis_cache.interfaces import CacheInterface, DeterministicCache, FastCache
 from tests.support.helpers import exploit_envelope, make_settings
 from tests.support.servers import RedisServer, free_port, require_binary
@@ -164,6 +167,33 @@ def test_planted_pickle_is_never_executed(
         assert still_there() == blob  # dcache never repairs
     assert not marker.exists(), "a planted pickle was executed"
     cache.close()
+
+
+# --------------------------------------------------------------------------- expansion
+
+
+@pytest.mark.real_redis
+def test_a_planted_expanding_entry_is_a_miss_that_costs_the_reader_little(
+    redis_server: RedisServer, tmp_path: Path, namespace: str
+) -> None:
+    # ~2 KiB in Redis that msgpack would turn into a million 64-byte dicts.
+    cache = FastCache(make_settings(tmp_path, url=redis_server.url, namespace=namespace))
+    key = entry_key(cache, kernel, 1)
+    raw = b"\xdd" + (1 << 20).to_bytes(4, "big") + b"\x80" * (1 << 20)
+    stored = zlib.compress(raw, 9)
+    header = struct.pack(">2sBBBQ", b"RC", 1, 1, 0x01, len(raw))
+    blob = header + unsigned_tag(key.key_id, header, stored) + stored
+    redis_server.client().set(value_key(cache, kernel, 1), blob)
+    tracemalloc.start()
+    try:
+        assert cache.record()(kernel)(1) == (1, "kernel")  # a miss, computed here
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        cache.close()
+    assert peak < 8 << 20  # not the 72 MiB the entry would decode to
+    assert cache.stats().corrupt_entries == 1
+    assert redis_server.client().get(value_key(cache, kernel, 1)) != blob  # repaired
 
 
 # --------------------------------------------------------------------------- oversize

@@ -2,18 +2,17 @@
 
 This is the only module that sees redis-py exceptions; they become
 ``RemoteUnavailableError`` here (``raise … from``), naming the server without
-credentials and the operation that failed. Two policies sit on top of the raw
-layer: :class:`FailOpenRemote` (fcache: log once, count, circuit-break, serve
-locally) and :class:`SyncRemote` (dcache: retry with jittered backoff within a
-deadline, then raise; single-flight through a lease lock).
+credentials and the operation that failed, and whether retrying may help.
+The policies over this raw layer (fail open, retry and fail closed) live in
+:mod:`redis_cache.remote`; what a server offers is read by :mod:`redis_cache.fitness`.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis
@@ -21,7 +20,13 @@ import redis.exceptions
 
 from .. import exceptions
 from ..config import Settings
-from ..connection import ClientProvider
+from ..connection import (
+    ClientProvider,
+    ReplyTooLargeError,
+    TLSMismatchError,
+    is_cluster,
+    node_client_for_key,
+)
 from ..exceptions import RemoteError
 from ..lease import RENEWER, EntryKeys, Lease
 from .base import EntryKey, Layer, Outcome
@@ -34,6 +39,18 @@ KEY_PREFIX = "redis_cache"
 PREFETCH_CHUNK = 1000  # keys per MGET: bounds one reply while keeping round trips few
 MAX_BLOCK = 2.0  # longest blocking wait for a lock (capped at half the socket timeout)
 FORMAT_VERSION = "v2"  # v2: the interface (space) is part of every key name
+
+def _mget_halving(mget: Any, names: list[str]) -> list[Any]:
+    """MGET, halving a chunk whose reply exceeds the reply limit (big values), down to
+    the one key that does."""
+    try:
+        return list(mget(names))
+    except ReplyTooLargeError:
+        if len(names) == 1:
+            raise
+        half = len(names) // 2
+        return _mget_halving(mget, names[:half]) + _mget_halving(mget, names[half:])
+
 
 # KEYS[1] = an entry's value key; ARGV[1] = the exact bytes believed corrupt.
 # Deletes the entry only if it still holds those bytes, so a repair never destroys
@@ -53,10 +70,50 @@ _TRANSIENT = (
     redis.exceptions.TryAgainError,
     redis.exceptions.ClusterDownError,
     redis.exceptions.ReadOnlyError,
+    redis.exceptions.RedisClusterException,  # not a RedisError; slot trouble may pass
+    OSError,  # socket errors redis-py lets through
 )
-_PERMANENT = (redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError)
-_TRANSIENT_ALL = (*_TRANSIENT, redis.exceptions.RedisClusterException)
 _REDIS_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError)
+_CERTIFICATE = "CERTIFICATE_VERIFY_FAILED"
+
+
+def _permanent(exc: BaseException) -> str | None:
+    """Why retrying ``exc`` cannot help, as a hint of what is likely wrong; else None.
+
+    Hints name settings, never their values: no credential reaches a message.
+    """
+    for link in _chain(exc):
+        if isinstance(link, TLSMismatchError):
+            return str(link)
+        if isinstance(link, ssl.SSLCertVerificationError) or _CERTIFICATE in str(link):
+            return (
+                "the server's TLS certificate did not verify: REDIS_CACHE_TLS_CA_FILE must "
+                "name the CA that signed it, and the certificate must name the host"
+            )
+        if isinstance(link, redis.exceptions.NoPermissionError):
+            if "client|setname" in str(link).lower():
+                return (
+                    "the ACL refuses CLIENT SETNAME, which every connection sends to name "
+                    "its worker: grant +client|setname"
+                )
+            return "the ACL user lacks a right; `redis-cache doctor` names each refused command"
+        if isinstance(link, redis.exceptions.AuthenticationError):
+            return "authentication failed: check the user and password in REDIS_CACHE_URL"
+        if isinstance(link, ReplyTooLargeError):
+            return (
+                "the server sent a reply larger than any operation reads "
+                "(REDIS_CACHE_MAX_VALUE_BYTES plus 1 MiB): a misbehaving server, or an "
+                "entry written with a larger limit"
+            )
+    return None
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
 
 
 def namespace_prefix(namespace: str) -> str:
@@ -98,18 +155,19 @@ class RedisLayer(Layer[bytes]):
     # -- translation ----------------------------------------------------------------
 
     def translate(self, exc: BaseException, operation: str) -> RemoteError:
-        """The one table from redis-py (and socket) errors to ours."""
-        if isinstance(exc, OSError) and not isinstance(exc, redis.exceptions.RedisError):
-            # TLS and socket errors redis-py lets through.
-            return RemoteError(
-                f"redis at {self.settings.server_name}: {operation} failed: {exc}",
-                transient=True,
-            )
-        # RedisClusterException is not a RedisError; cluster slot trouble may pass.
-        transient = isinstance(exc, _TRANSIENT_ALL) and not isinstance(exc, _PERMANENT)
+        """The one table from redis-py (and socket) errors to ours.
+
+        ``transient`` says whether retrying may help: connection trouble, timeouts,
+        loading, failover. Errors that retrying cannot fix (a TLS mismatch, a
+        certificate that does not verify, refused credentials or rights, a reply too
+        large) are permanent and carry a hint of what is likely wrong.
+        """
+        hint = _permanent(exc)
+        transient = hint is None and isinstance(exc, _TRANSIENT)
+        detail = f"{type(exc).__name__}: {exc}"
         return RemoteError(
-            f"redis at {self.settings.server_name}: {operation} failed: "
-            f"{type(exc).__name__}: {exc}",
+            f"redis at {self.settings.server_name}: {operation} failed: {detail}"
+            + (f" ({hint})" if hint and hint not in detail else ""),
             transient=transient,
         )
 
@@ -169,9 +227,9 @@ class RedisLayer(Layer[bytes]):
             # One MGET per chunk: a pipeline of GETs costs redis-py a Python round of
             # work per command and was only ~6x faster than single GETs; MGET ~50x.
             # On a cluster, mget_nonatomic splits the keys by slot.
-            mget = client.mget_nonatomic if hasattr(client, "mget_nonatomic") else client.mget
+            mget = client.mget_nonatomic if is_cluster(client) else client.mget
             for start in range(0, len(names), PREFETCH_CHUNK):
-                values.extend(mget(names[start : start + PREFETCH_CHUNK]))
+                values.extend(_mget_halving(mget, names[start : start + PREFETCH_CHUNK]))
         return [None if v is None else bytes(v) for v in values]
 
     # -- helpers ----------------------------------------------------------------------
@@ -220,10 +278,7 @@ class RedisLayer(Layer[bytes]):
 
     def node_client(self, key: EntryKey) -> Any:
         """A plain client for the node holding ``key`` (the client itself unless a cluster)."""
-        client = self.client()
-        if hasattr(client, "get_node_from_key"):
-            return client.get_node_from_key(self.value_key(key)).redis_connection
-        return client
+        return node_client_for_key(self.client(), self.value_key(key))
 
     def _script(self, client: Any, source: str) -> Any:
         cache_key = (id(client), source)
@@ -259,51 +314,3 @@ class RedisLayer(Layer[bytes]):
     def close(self) -> None:
         self.provider.close()
         self._scripts.clear()
-
-
-@dataclass
-class ConsistencyReport:
-    """What global determinism needs from the server, as checked."""
-
-    primary: bool = False
-    eviction_policy: str = "unknown"
-    eviction_safe: bool = False
-    replicas: int = 0
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def strong(self) -> bool:
-        return not self.problems
-
-
-_SAFE_POLICIES = ("noeviction", "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl")
-
-
-def check_consistency(layer: RedisLayer) -> ConsistencyReport:
-    """Role, eviction policy and replicas of every primary behind the layer."""
-    report = ConsistencyReport()
-    client = layer.client()
-    with layer.translated("INFO"):
-        if hasattr(client, "get_primaries"):
-            infos = [client.info(target_nodes=node) for node in client.get_primaries()]
-            infos = [next(iter(i.values())) if "role" not in i else i for i in infos]
-        else:
-            infos = [client.info()]
-    report.primary = all(info.get("role") == "master" for info in infos)
-    policies = {str(info.get("maxmemory_policy", "unknown")) for info in infos}
-    report.eviction_policy = ",".join(sorted(policies))
-    report.eviction_safe = all(p in _SAFE_POLICIES for p in policies)
-    report.replicas = min(int(info.get("connected_slaves", 0)) for info in infos)
-    if not report.primary:
-        report.problems.append("the server is a replica, not a primary")
-    if not report.eviction_safe:
-        report.problems.append(
-            f"maxmemory-policy {report.eviction_policy} may evict deterministic entries "
-            "(use noeviction or a volatile-* policy)"
-        )
-    if report.replicas < layer.settings.min_replicas:
-        report.problems.append(
-            f"{report.replicas} replicas connected, REDIS_CACHE_MIN_REPLICAS="
-            f"{layer.settings.min_replicas}"
-        )
-    return report

@@ -29,6 +29,14 @@ def make_settings(tmp: Path, **overrides: Any) -> Settings:
     return dataclasses.replace(Settings(dir=Path(tmp)), **overrides)
 
 
+def checkout(pool: Any) -> Any:
+    """A connection from a redis-py pool; before redis-py 5.3 the command name was required."""
+    try:
+        return pool.get_connection()
+    except TypeError:
+        return pool.get_connection("PING")
+
+
 def note_computation(label: str) -> None:
     ledger = os.environ.get(LEDGER_ENV)
     if ledger:
