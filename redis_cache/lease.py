@@ -419,6 +419,11 @@ class Lease:
         )
         return int(released) == 1
 
+    def abandon(self) -> None:
+        """Stop renewing, without a round trip: the lease runs out by itself (we gave up)."""
+        self._forget_if_forked()
+        self._stop_renewing()
+
     def _stop_renewing(self) -> None:
         if self.hold is not None and self.hold.active:
             self._renewer.remove(self.hold)
