@@ -21,12 +21,12 @@ from typing import Any, TypeAlias
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
-from redis.connection import parse_url
+from redis.connection import AbstractConnection, parse_url
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
-from . import exceptions
+from . import exceptions, retry
 from .config import Settings
 
 __all__ = ["CLIENT_NAME", "PROTOCOL", "Client", "ClientProvider", "build_client"]
@@ -167,14 +167,86 @@ def _tls_kwargs(settings: Settings, tls: bool) -> dict[str, Any]:
 # --------------------------------------------------------------------------- builders
 
 
+# A socket timeout below this would make every read of the attempt fail at once.
+_MIN_CAPPED_TIMEOUT = 0.001
+
+
+def _capped(timeout: float | None) -> float | None:
+    """``timeout``, capped by what is left of the retry deadline running on this thread."""
+    left = retry.time_left()
+    if left is None or (timeout is not None and timeout <= left):
+        return timeout
+    return max(left, _MIN_CAPPED_TIMEOUT)
+
+
+class _Deadlined(AbstractConnection):
+    """Mixed into every connection class we use: no connect, handshake or read of a
+    retried dcache step outlasts ``REDIS_CACHE_RETRY_DEADLINE`` by a socket timeout.
+
+    Outside a retried step (fcache, the renewer, the stats publisher) it changes nothing.
+    """
+
+    def _connect(self) -> Any:
+        saved = (self.socket_connect_timeout, self.socket_timeout)
+        self.socket_connect_timeout = _capped(saved[0])
+        self.socket_timeout = _capped(saved[1])  # read by _connect (TLS handshake) only
+        try:
+            return super()._connect()  # type: ignore[safe-super,no-untyped-call]
+        finally:
+            self.socket_connect_timeout, self.socket_timeout = saved
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        timeout = _capped(self.socket_timeout)
+        sock = self._sock
+        if timeout == self.socket_timeout or sock is None:
+            return super().read_response(*args, **kwargs)
+        sock.settimeout(timeout)
+        try:
+            return super().read_response(*args, **kwargs)
+        finally:
+            if self._sock is not None:
+                self._sock.settimeout(self.socket_timeout)
+
+
+_DEADLINED: dict[type, type] = {}
+
+
+def _deadlined(connection_class: type) -> type:
+    """``connection_class`` with :class:`_Deadlined` mixed in (one class per base)."""
+    if issubclass(connection_class, _Deadlined):
+        return connection_class
+    cls = _DEADLINED.get(connection_class)
+    if cls is None:
+        name = f"Deadlined{connection_class.__name__}"
+        cls = _DEADLINED[connection_class] = type(name, (_Deadlined, connection_class), {})
+    return cls
+
+
+class _DeadlinePool(redis.ConnectionPool):
+    """A pool whose connections are :class:`_Deadlined` (standalone and cluster nodes)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connection_class = _deadlined(self.connection_class)
+
+
+class _DeadlineSentinelPool(SentinelConnectionPool):
+    """A sentinel-managed pool whose connections are :class:`_Deadlined`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self.connection_class = _deadlined(self.connection_class)
+
+
 def _build_standalone(settings: Settings, url: str) -> redis.Redis:
     scheme, _ = _url_options(url)
-    return redis.Redis.from_url(
+    pool = _DeadlinePool.from_url(
         url,
         retry=_no_retry(),
         **_common_kwargs(settings),
         **_tls_kwargs(settings, scheme == "rediss"),
     )
+    return redis.Redis.from_pool(pool)
 
 
 def _build_cluster(settings: Settings, url: str) -> RedisCluster:
@@ -198,7 +270,7 @@ def _build_cluster(settings: Settings, url: str) -> RedisCluster:
     )
 
 
-class _HealthCheckedPool(redis.ConnectionPool):
+class _HealthCheckedPool(_DeadlinePool):
     """A cluster node's pool with our health check interval (see ``_build_cluster``)."""
 
     def __init__(self, **kwargs: Any) -> None:
@@ -287,6 +359,7 @@ def _build_sentinel(settings: Settings) -> redis.Redis:
     )
     client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
         settings.sentinel_master,
+        connection_pool_class=_DeadlineSentinelPool,
         retry=_no_retry(),
         **_common_kwargs(settings),
         **credentials,

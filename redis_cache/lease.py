@@ -48,6 +48,7 @@ from typing import Any
 from redis.crc import key_slot
 
 from . import forksafe
+from .retry import time_left
 
 __all__ = [
     "ACQUIRE_LUA",
@@ -358,7 +359,11 @@ class Lease:
         """Block up to ``timeout`` seconds for a wake-up token; whether one came."""
         if not timeout > 0:
             return False
-        seconds = max(round(min(timeout, self.max_block), 3), _BLOCK_MIN)
+        seconds = min(timeout, self.max_block)
+        left = time_left()  # a retried wait: its socket timeout is capped by the deadline
+        if left is not None:
+            seconds = min(seconds, left / 2)
+        seconds = max(round(seconds, 3), _BLOCK_MIN)
         return self.client.brpoplpush(self.keys.signal, self.keys.signal, seconds) is not None
 
     def commit(self, blob: bytes, *, ttl_ms: int = 0) -> CommitResult:
