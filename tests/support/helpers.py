@@ -386,3 +386,27 @@ def exploit_envelope(
     else:
         tag = unsigned_tag(key_id, header, payload)
     return header + tag + payload
+
+
+# --------------------------------------------------------------------------- entries on disk
+
+
+def entry_relpath(scratch: Path, cache_factory: Any, fn: Any, params: Any) -> Path:
+    """Where ``fn(*params)``'s disk entry lives, relative to ``REDIS_CACHE_DIR``.
+
+    Found through the public API only: a cache built by ``cache_factory(scratch)``
+    inserts a probe value and the one entry file it creates is located.
+    """
+    cache = cache_factory(scratch)
+    try:
+        if not cache.insert(fn, params, "probe"):
+            raise RuntimeError(f"{scratch} already holds an entry for {params}")
+    finally:
+        cache.close()
+    files = [
+        p for p in scratch.rglob("*")
+        if p.is_file() and "entries" in p.parts and not p.name.startswith(".")
+    ]  # fmt: skip
+    if len(files) != 1:
+        raise RuntimeError(f"expected one entry file under {scratch}, found {files}")
+    return files[0].relative_to(scratch)
