@@ -168,6 +168,23 @@ def dcache_many_worker(fn_name: str, args: list[Any], out: Any) -> None:
     redis_cache.dcache.close()
 
 
+def dcache_each_worker(fn_name: str, args: list[Any], barrier: Any, out: Any) -> None:
+    """Process body: record every argument in order; report each value or error by key."""
+    import redis_cache  # noqa: PLC0415
+    from tests.support import helpers as support  # noqa: PLC0415
+
+    wrapped = redis_cache.dcache.record()(getattr(support, fn_name))
+    barrier.wait(timeout=120)
+    report: dict[Any, tuple[str, Any]] = {}
+    for arg in args:
+        try:
+            report[arg] = ("value", wrapped(arg))
+        except Exception as exc:  # reported to the test, which decides
+            report[arg] = ("error", f"{type(exc).__name__}: {exc}")
+    out.put({"pid": os.getpid(), "report": report, "stats": redis_cache.dcache.stats().as_dict()})
+    redis_cache.dcache.close()
+
+
 def compile_quick(x: int) -> str:
     note_computation(f"compile_quick {x}")
     return f"{x}@{os.getpid()}"
