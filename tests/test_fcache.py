@@ -356,6 +356,21 @@ def test_a_broken_disk_layer_degrades_fcache_and_fails_dcache(tmp_path: Path) ->
     assert isinstance(info.value, (exceptions.DiskLayerError, exceptions.FileLockTimeoutError))
 
 
+def test_a_broken_disk_warns_once_for_the_whole_outage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("the disk layer cannot live under a file")
+    cache = FastCache(make_settings(not_a_dir))
+    recorded = cache.record()(rich_value)
+    with caplog.at_level("WARNING", logger="redis_cache"):
+        assert [recorded(i) for i in range(5)] == [rich_value(i) for i in range(5)]
+    assert cache.stats().disk_errors == 5
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings  # a miss on the broken disk is not a recovery
+    cache.close()
+
+
 def test_close_forgets_what_record_wrappers_memoized(tmp_path: Path) -> None:
     cache = FastCache(make_settings(tmp_path, enabled=True))
     calls: list[int] = []
