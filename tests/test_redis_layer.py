@@ -236,3 +236,12 @@ def test_retrying_insert_recognizes_its_own_earlier_write(
         assert lost
         assert layer.insert(key(1), b"ours") is Outcome.EXISTED  # a later insert: not a retry
         raw.close()
+
+
+def test_a_lease_never_blocks_longer_than_half_the_socket_timeout(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, url="redis://fake:1/0", socket_timeout=1.0)
+    layer = RedisLayer(settings, ClientProvider(settings, lambda s: fakeredis.FakeRedis()))
+    lease = layer.lease(key(1))
+    assert lease.max_block <= 0.5
+    assert lease.keys == layer.entry_keys(key(1))
+    assert lease.lease == settings.lock_lease
