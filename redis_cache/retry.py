@@ -7,12 +7,11 @@ compile still rides out a Sentinel failover that starts then.
 
 An attempt is not started when, lasting as long as the one before it, it would
 end past the deadline, no backoff sleeps past it, and while a retried step runs
-:func:`time_left` tells the connection pool how long its reads may still block
-(``connection.py`` caps each checked-out socket's timeout by it): giving up
-overruns the deadline by at most a connect timeout, never by a whole socket
-timeout. Errors that retrying cannot fix (``RemoteError.transient`` false:
-authentication, TLS, permissions) fail at once. One tenacity object per retrier:
-building one per call cost ~23 µs.
+:func:`time_left` says how long it may still block (``connection._Deadlined``
+cuts each connect, handshake and read there): giving up never waits a further
+socket timeout past the deadline. Errors that retrying cannot fix
+(``RemoteError.transient`` false: authentication, TLS, permissions) fail at once.
+One tenacity object per retrier: building one per call cost ~23 µs.
 """
 
 from __future__ import annotations
