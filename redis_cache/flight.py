@@ -267,6 +267,11 @@ class LeaseFlight(Flight):
                     self.stats.insert_conflicts += 1
                     counted = True
                 # EXISTED, FENCED, LOST: go round; the next attempt reads or waits.
+        except BaseException:
+            # Gave up holding the lock (a step failed for its whole retry deadline): a
+            # renewed lease would keep every other worker out for the life of the process.
+            lease.abandon()
+            raise
         finally:
             waited = self._clock() - started
             if seen_fence is not None:

@@ -48,6 +48,7 @@ from typing import Any
 from redis.crc import key_slot
 
 from . import forksafe
+from .retry import time_left
 
 __all__ = [
     "ACQUIRE_LUA",
@@ -280,7 +281,8 @@ class Lease:
     """One worker's part in the lock protocol of one entry.
 
     Not thread-safe: one per call. The token lives as long as the object, so a retry
-    of any step after a lost reply recognizes what the first attempt did.
+    of any step after a lost reply recognizes what the first attempt did. In a child
+    forked while it was held, it holds nothing and draws a new token on first use.
     """
 
     def __init__(
@@ -302,6 +304,7 @@ class Lease:
         self.lease = lease
         self.max_block = max_block
         self.token = secrets.token_hex(16)
+        self._pid = os.getpid()
         self._lease_ms = max(1, math.ceil(lease * 1000))
         self._signal_ttl_ms = max(2 * self._lease_ms, SIGNAL_TTL_MIN_MS)
         self._fence_ttl_ms = max(FENCE_TTL_MIN_MS, 10 * self._lease_ms)
@@ -311,18 +314,28 @@ class Lease:
         fence = self.hold.fence if self.hold is not None else None
         return f"Lease({self.keys.lock!r}, fence={fence})"
 
+    def _forget_if_forked(self) -> None:
+        """A forked child never holds its parent's lock, nor re-takes it with its token."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self.token = secrets.token_hex(16)
+            self.hold = None
+
     @property
     def owner(self) -> str:
         """What the lock holds while ours ("" before the first acquisition)."""
+        self._forget_if_forked()
         return self.hold.owner if self.hold is not None else ""
 
     @property
     def lost(self) -> bool:
         """Renewal found the lock no longer ours (COMMIT will say FENCED)."""
+        self._forget_if_forked()
         return self.hold is not None and self.hold.lost
 
     def attempt(self) -> Attempt:
         """One ACQUIRE: the value, the lock, or who holds it."""
+        self._forget_if_forked()
         reply = self._scripts(ACQUIRE_LUA)(
             keys=[self.keys.value, self.keys.lock, self.keys.fence, self.keys.signal,
                   self.keys.staged],
@@ -346,7 +359,11 @@ class Lease:
         """Block up to ``timeout`` seconds for a wake-up token; whether one came."""
         if not timeout > 0:
             return False
-        seconds = max(round(min(timeout, self.max_block), 3), _BLOCK_MIN)
+        seconds = min(timeout, self.max_block)
+        left = time_left()  # a retried wait: its socket timeout is capped by the deadline
+        if left is not None:
+            seconds = min(seconds, left / 2)
+        seconds = max(round(seconds, 3), _BLOCK_MIN)
         return self.client.brpoplpush(self.keys.signal, self.keys.signal, seconds) is not None
 
     def commit(self, blob: bytes, *, ttl_ms: int = 0) -> CommitResult:
@@ -397,6 +414,7 @@ class Lease:
 
     def release(self) -> bool:
         """Give the lock back and wake the waiters; False if it was not ours (any more)."""
+        self._forget_if_forked()
         hold = self.hold
         if hold is None or not hold.active:
             return False
@@ -405,6 +423,11 @@ class Lease:
             keys=[self.keys.lock, self.keys.signal], args=[hold.owner, self._signal_ttl_ms]
         )
         return int(released) == 1
+
+    def abandon(self) -> None:
+        """Stop renewing, without a round trip: the lease runs out by itself (we gave up)."""
+        self._forget_if_forked()
+        self._stop_renewing()
 
     def _stop_renewing(self) -> None:
         if self.hold is not None and self.hold.active:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,14 @@ import pytest
 import redis_cache
 from redis_cache import dumpfile, exceptions
 from redis_cache.interfaces import DeterministicCache
-from tests.support.helpers import make_settings
+from tests.support.helpers import (
+    call_many,
+    compile_quick,
+    compile_tagged,
+    dcache_worker,
+    entry_relpath,
+    make_settings,
+)
 
 
 def det(tmp: Path, **overrides: Any) -> DeterministicCache:
@@ -224,3 +233,76 @@ def test_concurrent_dumps_to_one_path_keep_every_entry(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert len(dumpfile.read(dump)) == 6
+
+
+# --------------------------------------------------------------------------- issue 9 regressions
+
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def local_fleet_env(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
+    """Environment for spawned workers: local determinism on ``root``."""
+    for name in list(os.environ):
+        if name.startswith("REDIS_CACHE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("REDIS_CACHE_DETERMINISTIC", "1")
+    monkeypatch.setenv("REDIS_CACHE_DETERMINISM", "local")
+    monkeypatch.setenv("REDIS_CACHE_DIR", str(root))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("occupant", ["dangling symlink", "directory"])
+def test_item03_local_dcache_never_returns_an_unstored_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, occupant: str
+) -> None:
+    """The winning entry exists but cannot be read: three processes, no value, an error each.
+
+    (A directory or a dangling symlink stands in for an unreadable file: the suite may
+    run as root, which reads files whatever their mode.)
+    """
+    root = tmp_path / "machine"
+    relpath = entry_relpath(tmp_path / "scratch", det, compile_tagged, ((1,), {}))
+    path = root / relpath
+    path.parent.mkdir(parents=True)
+    if occupant == "directory":
+        path.mkdir()
+    else:
+        path.symlink_to(tmp_path / "gone")
+    local_fleet_env(monkeypatch, root)
+    out = SPAWN.Queue()
+    barrier = SPAWN.Barrier(3)
+    procs = [
+        SPAWN.Process(target=dcache_worker, args=("compile_tagged", 1, barrier, out))
+        for _ in range(3)
+    ]
+    for p in procs:
+        p.start()
+    reports = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+    returned = [r["value"] for r in reports if r["error"] is None]
+    assert returned == [], f"dcache returned values nothing stored: {returned}"
+    for r in reports:
+        assert relpath.name in r["error"], r["error"]  # the error names the entry
+    assert path.is_dir() or path.is_symlink()  # never repaired behind an operator's back
+
+
+@pytest.mark.slow
+def test_item06_close_before_exit_keeps_the_at_exit_dump(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that calls close() and exits still dumps what it memoized."""
+    local_fleet_env(monkeypatch, tmp_path / "machine")
+    dump = tmp_path / "at-exit.rcd"
+    monkeypatch.setenv("REDIS_CACHE_DUMP", str(dump))
+    proc = SPAWN.Process(target=call_many, args=("dcache", "compile_quick", [1, 2, 3]))
+    proc.start()  # records three results, calls dcache.close(), exits normally
+    proc.join(60)
+    assert proc.exitcode == 0
+    assert dump.exists()
+    records = dumpfile.read(dump)
+    assert len(records) == 3, f"the at-exit dump holds {len(records)} entries, not the 3 recorded"
+    replay = det(tmp_path / "empty", strict="prepopulated", prepopulate=dump)
+    for x in (1, 2, 3):
+        hit = replay.get(compile_quick, ((x,), {}))
+        assert hit is not None and hit.value.startswith(f"{x}@")

@@ -13,13 +13,16 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 import redis_cache
 from redis_cache import exceptions
@@ -592,3 +595,253 @@ def test_a_lost_lock_reply_does_not_cost_a_lease(
     cache.close()
     assert len(attempts) > 1, "the lost reply was not retried"
     assert stats.takeovers == 0, f"waited {seconds:.1f}s for its own orphaned lease"
+
+
+# --------------------------------------------------------------------------- issue 9 regressions
+
+
+@pytest.mark.parametrize("fault", ["blackhole", "drop-then-blackhole"])
+def test_item23_retry_deadline_is_not_overrun_by_a_socket_timeout(
+    fault: str, proxy: FaultProxy, namespace: str, tmp_path: Path
+) -> None:
+    """Each attempt's timeout is capped by the time left: a deadline of 3 s with a 5 s
+    socket timeout gives up before 4 s, also when the last attempt is the one that hangs."""
+    deadline, socket_timeout = 3.0, 5.0
+    cache = DeterministicCache(
+        dcache_settings(
+            tmp_path, proxy.url, namespace, retry_deadline=deadline,
+            socket_timeout=socket_timeout, connect_timeout=1.0,
+        )
+    )  # fmt: skip
+    assert cache.get(compile_kernel, ((0,), {})) is None  # connected, server checked
+    if fault == "blackhole":
+        proxy.blackhole()  # every attempt hangs
+    else:
+        proxy.drop()  # attempts fail fast at first, and the one started late hangs
+        threading.Timer(2.0, proxy.blackhole).start()
+    outcome = bounded_call(lambda: cache.get(compile_kernel, ((1,), {})), 30, "dcache.get")
+    proxy.pass_through()
+    assert isinstance(outcome.error, exceptions.RemoteUnavailableError), repr(outcome.error)
+    FIGURES[f"dcache/give-up-{fault}"] = {
+        "retry_deadline": deadline,
+        "socket_timeout": socket_timeout,
+        "seconds_to_give_up": round(outcome.seconds, 3),
+    }
+    cache.close()
+    assert outcome.seconds < deadline + 1.0, (
+        f"gave up after {outcome.seconds:.2f}s: the {deadline:g}s deadline was overrun by "
+        f"(nearly) a {socket_timeout:g}s socket timeout"
+    )
+
+
+class CompileTimeout(Exception):
+    """What a compile farm's SIGALRM handler raises: not a Redis error."""
+
+
+def test_item07_breaker_recovers_after_a_probe_interrupted_by_a_signal(
+    proxy: FaultProxy, redis_server: RedisServer, namespace: str, tmp_path: Path
+) -> None:
+    cache = FastCache(settings_for(tmp_path / "sick", proxy.url, namespace))
+    healthy = FastCache(settings_for(tmp_path / "healthy", redis_server.url, namespace))
+    assert cache.get(compile_kernel, ((0,), {})) is None  # connected through the proxy
+    proxy.blackhole()
+    assert cache.get(compile_kernel, ((1,), {})) is None  # a timeout: the breaker opens
+    assert cache.stats().remote_errors == 1
+    time.sleep(0.3)  # longer than the longest cooldown: the next remote call is the probe
+
+    def alarm(signum: int, frame: Any) -> None:
+        raise CompileTimeout("compile took too long")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)  # fires while the probe waits for a reply
+        with pytest.raises(CompileTimeout):
+            cache.get(compile_kernel, ((2,), {}))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    proxy.pass_through()
+    assert healthy.insert(compile_kernel, ((3,), {}), ("from", "healthy"))
+    hit = None
+    for _ in range(RECOVERY_ATTEMPTS):
+        hit = cache.get(compile_kernel, ((3,), {}))
+        if hit is not None:
+            break
+        time.sleep(0.01)
+    stats = cache.stats()
+    cache.close()
+    healthy.close()
+    assert hit == redis_cache.Hit(("from", "healthy")), (
+        f"the breaker never probed again after the interrupted probe: {stats}"
+    )
+
+
+def test_item08_a_full_server_refuses_writes_but_fcache_keeps_reading(
+    fresh_redis_server: RedisServer, namespace: str, tmp_path: Path
+) -> None:
+    """OOM under noeviction (what dcache requires) is a write refusal, not an outage."""
+    common = {"breaker_cooldown": 60.0, "breaker_max_cooldown": 60.0}
+    writer = FastCache(settings_for(tmp_path / "w", fresh_redis_server.url, namespace, **common))
+    for i in range(5):
+        assert writer.insert(compile_kernel, ((i,), {}), compile_kernel(i))
+    writer.close()
+    client = fresh_redis_server.client()
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", 1)  # full: every write is refused with OOM
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        client.set(f"{namespace}:probe", b"x")
+
+    cache = FastCache(settings_for(tmp_path / "r", fresh_redis_server.url, namespace, **common))
+    recorded = cache.record()(compile_kernel)
+    assert [recorded(100 + i) for i in range(3)] == [compile_kernel(100 + i) for i in range(3)]
+    hits = [cache.get(compile_kernel, ((i,), {})) for i in range(5)]
+    stats = cache.stats()
+    cache.close()
+    assert hits == [redis_cache.Hit(compile_kernel(i)) for i in range(5)], (
+        f"refused writes stopped fcache reading existing entries: {stats}"
+    )
+    assert stats.remote_hits == 5 and stats.remote_skipped == 0 and stats.remote_errors == 0
+    assert stats.remote_refusals == 3
+
+
+def test_item09_a_waiter_past_the_retry_deadline_survives_a_blip(
+    proxy: FaultProxy, redis_server: RedisServer, namespace: str, tmp_path: Path
+) -> None:
+    """The deadline bounds each outage, not the wait for another machine's compile."""
+    holder = DeterministicCache(dcache_settings(tmp_path / "holder", redis_server.url, namespace))
+    waiter = DeterministicCache(
+        dcache_settings(tmp_path / "waiter", proxy.url, namespace, retry_deadline=1.0,
+                        lock_timeout=60)
+    )  # fmt: skip
+    assert waiter.get(compile_kernel, ((0,), {})) is None  # connected, server checked
+    started = threading.Event()
+    calls: list[int] = []
+
+    def slow_kernel(x: int) -> str:
+        calls.append(x)
+        started.set()
+        time.sleep(3.5)
+        return f"{x} computed by the holder"
+
+    slow_kernel.__qualname__ = "item09_slow_kernel"
+    thread = threading.Thread(target=lambda: holder.record()(slow_kernel)(1), daemon=True)
+    thread.start()
+    assert started.wait(30)
+    outcome = Outcome()
+
+    def wait_for_it() -> None:
+        begun = time.monotonic()
+        try:
+            outcome.value = waiter.record()(slow_kernel)(1)
+            outcome.returned = True
+        except BaseException as exc:
+            outcome.error = exc
+        outcome.seconds = time.monotonic() - begun
+
+    waiting = threading.Thread(target=wait_for_it, daemon=True)
+    waiting.start()
+    time.sleep(1.5)  # waited longer than the retry deadline already
+    proxy.drop()  # a blip (a failover, say): connections reset, new ones refused
+    time.sleep(0.3)
+    proxy.pass_through()
+    waiting.join(60)
+    thread.join(60)
+    assert not waiting.is_alive()
+    waiter.close()
+    holder.close()
+    assert outcome.error is None, f"the waiter lost its retries: {outcome.error!r}"
+    assert outcome.value == "1 computed by the holder"
+    assert calls == [1]
+
+
+def redis_holds(tmp: Path, server: RedisServer, namespace: str, fn: Any, arg: Any) -> Any:
+    """What Redis holds for ``fn(arg)``, read by another dcache machine (a miss: None)."""
+    reader = DeterministicCache(dcache_settings(tmp / f"reader-{uuid.uuid4().hex[:6]}",
+                                                server.url, namespace))  # fmt: skip
+    try:
+        hit = reader.get(fn, ((arg,), {}))
+    finally:
+        reader.close()
+    return None if hit is None else hit.value
+
+
+def lose_a_reply(
+    monkeypatch: pytest.MonkeyPatch, proxy: FaultProxy, carrying: bytes, mode: str
+) -> list[Any]:
+    """The first command whose arguments carry ``carrying`` runs with the proxy in ``mode``.
+
+    ``half_open``: the server executes it and its reply is lost. ``blackhole``: the
+    command itself is lost. The connection then breaks (a poisoned stream is reset).
+    """
+    original = redis.Redis.execute_command
+    seen: list[Any] = []
+
+    def execute_command(self: redis.Redis, *args: Any, **options: Any) -> Any:
+        if not seen and any(isinstance(a, bytes) and carrying in a for a in args):
+            seen.append(args[0])
+            proxy.set_mode(mode)  # type: ignore[arg-type]
+            try:
+                return original(self, *args, **options)
+            finally:
+                proxy.pass_through()
+        return original(self, *args, **options)
+
+    monkeypatch.setattr(redis.Redis, "execute_command", execute_command)
+    return seen
+
+
+def test_item12_dcache_insert_recognizes_its_own_write_after_a_lost_reply(
+    proxy: FaultProxy,
+    redis_server: RedisServer,
+    namespace: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cache = DeterministicCache(dcache_settings(tmp_path, proxy.url, namespace, retry_deadline=10))
+    assert cache.insert(compile_kernel, ((0,), {}), "warm-up")  # connected, scripts loaded
+    marker = f"inserted-{uuid.uuid4().hex}"
+    lost = lose_a_reply(monkeypatch, proxy, marker.encode(), "half_open")
+    inserted = bounded_call(lambda: cache.insert(compile_kernel, ((1,), {}), marker), 60, "insert")
+    monkeypatch.undo()
+    cache.close()
+    assert lost, "no command carried the value"
+    assert inserted.error is None, repr(inserted.error)
+    assert redis_holds(tmp_path, redis_server, namespace, compile_kernel, 1) == marker  # landed
+    assert inserted.value is True, "insert stored its value and then reported False"
+
+
+@pytest.mark.parametrize("mode", ["half_open", "blackhole"])
+def test_item21_a_commit_whose_reply_is_lost_resumes_with_its_own_lease(
+    mode: str,
+    proxy: FaultProxy,
+    redis_server: RedisServer,
+    namespace: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The token is known: after an unknown outcome the caller resumes, fn runs once."""
+    cache = DeterministicCache(
+        dcache_settings(tmp_path, proxy.url, namespace, lock_lease=5.0, lock_timeout=3.0,
+                        retry_deadline=10)
+    )  # fmt: skip
+    assert cache.record()(compile_kernel)(0) == compile_kernel(0)  # connected, scripts loaded
+    marker = f"computed-{uuid.uuid4().hex}"
+    calls: list[int] = []
+
+    def kernel(x: int) -> str:
+        calls.append(x)
+        return marker
+
+    kernel.__qualname__ = f"item21_kernel_{mode}"
+    lost = lose_a_reply(monkeypatch, proxy, marker.encode(), mode)
+    outcome = bounded_call(lambda: cache.record()(kernel)(1), 60, "record")
+    monkeypatch.undo()
+    stats = cache.stats()
+    assert lost, "no command carried the result"
+    assert outcome.error is None, f"{outcome.error!r} after {outcome.seconds:.1f}s"
+    assert outcome.value == marker
+    cache.close()
+    assert redis_holds(tmp_path, redis_server, namespace, kernel, 1) == marker
+    assert calls == [1]
+    assert stats.takeovers == 0, "it took over its own orphaned lease"
+    assert stats.lock_waits == 0, "it waited behind its own lock"

@@ -356,6 +356,21 @@ def test_a_broken_disk_layer_degrades_fcache_and_fails_dcache(tmp_path: Path) ->
     assert isinstance(info.value, (exceptions.DiskLayerError, exceptions.FileLockTimeoutError))
 
 
+def test_a_broken_disk_warns_once_for_the_whole_outage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("the disk layer cannot live under a file")
+    cache = FastCache(make_settings(not_a_dir))
+    recorded = cache.record()(rich_value)
+    with caplog.at_level("WARNING", logger="redis_cache"):
+        assert [recorded(i) for i in range(5)] == [rich_value(i) for i in range(5)]
+    assert cache.stats().disk_errors == 5
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings  # a miss on the broken disk is not a recovery
+    cache.close()
+
+
 def test_close_forgets_what_record_wrappers_memoized(tmp_path: Path) -> None:
     cache = FastCache(make_settings(tmp_path, enabled=True))
     calls: list[int] = []
@@ -372,3 +387,55 @@ def test_close_forgets_what_record_wrappers_memoized(tmp_path: Path) -> None:
             path.unlink()  # and the disk: the next call must compute again
     assert f(1) == 1
     assert calls == [1, 1]
+
+
+# --------------------------------------------------------------------------- issue 9 regressions
+
+
+@pytest.mark.parametrize("interface", [FastCache, DeterministicCache])
+def test_item04_memo_fast_path_keys_on_what_the_params_encoder_returns(
+    tmp_path: Path, interface: Any
+) -> None:
+    """The encoder reads state that changes (the target arch): its output is the key."""
+    cache = interface(make_settings(tmp_path, deterministic=True))
+    target = ["sm80"]
+    calls: list[tuple[int, str]] = []
+
+    @cache.record(custom_params_encoder=lambda x: (x, target[0]))
+    def compile_for_target(x: int) -> str:
+        calls.append((x, target[0]))
+        return f"{x} for {target[0]}"
+
+    assert compile_for_target(1) == "1 for sm80"
+    target[0] = "sm90"
+    assert compile_for_target(1) == "1 for sm90"
+    target[0] = "sm80"
+    assert compile_for_target(1) == "1 for sm80"
+    assert calls == [(1, "sm80"), (1, "sm90")]
+    cache.close()
+
+
+def test_item15_a_result_too_large_for_any_envelope_is_kept_in_the_memo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """fcache keeps what it computed (one warning), instead of raising on every call."""
+    monkeypatch.setattr(redis_cache.codec, "MAX_RAW_LENGTH", 64 * 1024)
+    # The memo counts such a result as one envelope limit plus a byte: make room for it.
+    cache = FastCache(make_settings(tmp_path, memo_max_bytes=8 << 30))
+    calls: list[int] = []
+
+    @cache.record()
+    def huge(x: int) -> bytes:
+        calls.append(x)
+        return bytes([x]) * (100 * 1024)
+
+    with caplog.at_level("DEBUG", logger="redis_cache"):
+        for _ in range(3):
+            assert [huge(x) for x in (1, 2)] == [b"\x01" * 102400, b"\x02" * 102400]
+    assert calls == [1, 2]
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert "kept in this process only" in warnings[0].getMessage()
+    assert cache.stats().oversize_values == 2
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # nothing half-written on disk
+    cache.close()

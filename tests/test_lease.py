@@ -1,13 +1,14 @@
-"""Tests of the distributed lease lock (redis_cache.lease).
+"""The lease protocol of one entry (redis_cache.lease): ACQUIRE, wait, COMMIT, STAGE/PUBLISH.
 
-The first half runs on fakeredis (with Lua through lupa); the second half needs
-real redis-server processes from the ``redis_server`` / ``redis_cluster`` fixtures.
-No assertion is on wall-clock time: waits are bounded, and latencies are printed.
+The first half runs the Lua scripts on fakeredis (through lupa); the second half
+needs real redis-server processes from the ``redis_server`` / ``redis_cluster``
+fixtures. The blocking loop built from these steps is ``flight.LeaseFlight``
+(tests/test_flight.py). No assertion is on wall-clock time: waits are bounded,
+and the renewer's clock is injected where its timing is what is tested.
 """
 
 from __future__ import annotations
 
-import gc
 import multiprocessing
 import os
 import signal
@@ -22,14 +23,24 @@ import pytest
 import redis
 import redis.cluster
 
-from redis_cache.exceptions import DistributedLockTimeoutError, LockTimeoutError
+from redis_cache import lease as lease_module
 from redis_cache.lease import (
-    RENEW_THREAD_NAME,
+    EXTEND_LUA,
+    PUBLISH_LUA,
+    RENEWER,
+    STAGE_LUA,
+    Acquired,
     CommitResult,
     EntryKeys,
-    LeaseLock,
-    LeaseStats,
+    Held,
+    Hold,
+    Lease,
+    Present,
+    Renewer,
 )
+from tests.support.servers import RedisClusterHandle, RedisServer
+
+RENEW_THREAD = "redis_cache-lease-renew"
 
 
 def entry_keys(prefix: str) -> EntryKeys:
@@ -39,6 +50,7 @@ def entry_keys(prefix: str) -> EntryKeys:
         lock=f"test:lease:{tag}:lock",
         fence=f"test:lease:{tag}:fence",
         signal=f"test:lease:{tag}:sig",
+        staged=f"test:lease:{tag}:staged",
     )
 
 
@@ -54,341 +66,596 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, step: float 
 
 
 def renew_threads() -> int:
-    return sum(1 for t in threading.enumerate() if t.name == RENEW_THREAD_NAME and t.is_alive())
+    return sum(1 for t in threading.enumerate() if t.name == RENEW_THREAD and t.is_alive())
+
+
+class Scripts:
+    """What ``RedisLayer.script`` is to a Lease: each source registered once on ``client``."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._registered: dict[str, Any] = {}
+
+    def __call__(self, source: str) -> Any:
+        script = self._registered.get(source)
+        if script is None:
+            script = self._registered[source] = self.client.register_script(source)
+        return script
+
+    def load_all(self) -> None:
+        """Load the scripts a pipeline runs by SHA (``LeaseFlight`` does this on NOSCRIPT)."""
+        for source in (STAGE_LUA, PUBLISH_LUA):
+            self.client.script_load(source)
+
+
+class ManualClock:
+    """A clock that moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# Holds added to this renewer are never renewed: its clock never reaches their due time.
+FROZEN = Renewer(clock=lambda: 0.0)
+
+
+def make_lease(
+    client: Any,
+    keys: EntryKeys,
+    *,
+    lease: float = 5.0,
+    renewer: Renewer = FROZEN,
+    scripts: Scripts | None = None,
+    max_block: float = 1.0,
+) -> Lease:
+    return Lease(
+        client, keys, scripts or Scripts(client), renewer, lease=lease, max_block=max_block
+    )
+
+
+def pipelined(client: Any, queue: Callable[[Any], None]) -> Any:
+    """Run one queued script in a pipeline (as LeaseFlight does, without the WAIT)."""
+    pipe = client.pipeline(transaction=False)
+    queue(pipe)
+    (reply,) = pipe.execute()
+    return reply
+
+
+def stage(lease: Lease, blob: bytes, client: Any = None) -> CommitResult:
+    """STAGE on ``client`` (a cluster node's own client; the lease's client by default)."""
+    reply = pipelined(client or lease.client, lambda pipe: lease.stage(pipe, blob))
+    return lease.staged_result(reply)
+
+
+def publish(lease: Lease, client: Any = None) -> CommitResult:
+    return lease.published_result(pipelined(client or lease.client, lease.publish))
+
+
+def acquired(attempt: Any) -> Acquired:
+    assert isinstance(attempt, Acquired), attempt
+    return attempt
+
+
+def held(attempt: Any) -> Held:
+    assert isinstance(attempt, Held), attempt
+    return attempt
+
+
+def expire(client: Any, keys: EntryKeys) -> None:
+    """The holder's lease runs out (it stopped renewing: dead, paused, cut off)."""
+    client.pexpire(keys.lock, 1)
+    assert wait_until(lambda: not client.exists(keys.lock))
 
 
 @pytest.fixture
-def prefix(request: pytest.FixtureRequest) -> str:
-    return f"{request.node.name}-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def keys(prefix: str) -> EntryKeys:
-    return entry_keys(prefix)
+def keys(request: pytest.FixtureRequest) -> EntryKeys:
+    return entry_keys(f"{request.node.name}-{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture
 def fake() -> redis.Redis:
-    return fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    Scripts(client).load_all()
+    return client
 
 
-# -- fakeredis ---------------------------------------------------------------------------
+# --------------------------------------------------------------------------- ACQUIRE
 
 
-def test_acquire_release(fake: redis.Redis, keys: EntryKeys) -> None:
-    lock = LeaseLock(fake, keys, lease=5, renew=False)
-    assert lock.fence is None
-    assert lock.try_acquire() is True
-    assert lock.fence == 1
-    assert fake.get(keys.lock) == f"{lock.token}:1".encode()
-    assert lock.release() is True
-    assert lock.fence is None
+def test_acquire_takes_the_lock_with_a_fence_and_release_gives_it_back(
+    fake: redis.Redis, keys: EntryKeys
+) -> None:
+    lease = make_lease(fake, keys)
+    assert lease.owner == ""
+    first = acquired(lease.attempt())
+    assert (first.fence, first.clean, first.staged) == (1, False, None)
+    assert fake.get(keys.lock) == f"{lease.token}:1".encode()
+    assert lease.owner == f"{lease.token}:1"
+    assert 0 < fake.pttl(keys.lock) <= 5000
+    assert lease.release() is True
     assert not fake.exists(keys.lock)
-    assert lock.release() is False  # already released
-    assert lock.try_acquire() is True
-    assert lock.fence == 2
-    assert lock.release() is True
+    assert lease.release() is False  # released already
+    second = acquired(lease.attempt())
+    assert second.fence == 2
+    assert second.clean is True  # the release left a wake-up token: nobody's lease ran out
+    assert lease.release() is True
 
 
-def test_second_acquirer_gets_pttl(fake: redis.Redis, keys: EntryKeys) -> None:
-    a = LeaseLock(fake, keys, lease=5, renew=False)
-    b = LeaseLock(fake, keys, lease=5, renew=False)
-    assert a.try_acquire() is True
-    left = b.try_acquire()
-    assert left is not True
-    assert 0 < left <= 5
-    assert b.fence is None
-    a.release()
-    assert b.try_acquire() is True
-    b.release()
+def test_a_held_lock_reports_the_holders_lease_and_fence(
+    fake: redis.Redis, keys: EntryKeys
+) -> None:
+    holder, other = make_lease(fake, keys), make_lease(fake, keys)
+    acquired(holder.attempt())
+    seen = held(other.attempt())
+    assert 0 < seen.pttl <= 5.0
+    assert seen.fence == 1
+    assert other.owner == ""
+    assert other.release() is False
+    assert fake.get(keys.lock) == holder.owner.encode()  # untouched by the refused release
+    fake.persist(keys.lock)  # a lock somebody set by hand, without expiry
+    assert held(other.attempt()).pttl == float("inf")
+    assert holder.release() is True
+    assert acquired(other.attempt()).fence == 2
+    other.release()
 
 
-def test_reacquire_while_held_is_a_bug(fake: redis.Redis, keys: EntryKeys) -> None:
-    lock = LeaseLock(fake, keys, lease=5, renew=False)
-    assert lock.try_acquire() is True
-    with pytest.raises(RuntimeError):
-        lock.try_acquire()
-    lock.release()
+def test_acquire_returns_the_value_when_it_exists(fake: redis.Redis, keys: EntryKeys) -> None:
+    writer, reader = make_lease(fake, keys), make_lease(fake, keys)
+    acquired(writer.attempt())
+    assert writer.commit(b"kernel") is CommitResult.WRITTEN
+    assert reader.attempt() == Present(b"kernel")
+    assert not fake.exists(keys.lock)  # nothing was taken
+    assert int(fake.get(keys.fence) or 0) == 1  # and no fence spent
+    assert reader.release() is False
 
 
-def test_release_by_non_owner_refused(fake: redis.Redis, keys: EntryKeys) -> None:
-    a = LeaseLock(fake, keys, lease=0.2, renew=False)
-    b = LeaseLock(fake, keys, lease=5, renew=False)
-    assert b.release() is False  # never acquired
-    assert a.try_acquire() is True
-    assert b.release() is False
-    assert fake.exists(keys.lock)
-    # a's lease runs out, b takes over: a may no longer release b's lock
-    assert b.acquire(timeout=5) is True
-    assert a.release() is False
-    assert fake.get(keys.lock) == f"{b.token}:{b.fence}".encode()
-    assert b.release() is True
+def test_acquire_retried_with_the_same_token_finds_the_lock_ours(
+    fake: redis.Redis, keys: EntryKeys
+) -> None:
+    """A lost ACQUIRE reply: the retry renews our lock instead of waiting for it."""
+    renewer = Renewer(clock=ManualClock())
+    lease = make_lease(fake, keys, renewer=renewer)
+    first = acquired(lease.attempt())
+    fake.pexpire(keys.lock, 100)
+    again = acquired(lease.attempt())  # the retry of an attempt whose reply was lost
+    assert again.fence == first.fence
+    assert fake.pttl(keys.lock) > 100  # renewed to a whole lease
+    assert int(fake.get(keys.fence) or 0) == 1
+    assert renewer.held() == 1  # one hold, renewed once per interval, not two
+    assert lease.release() is True
+    assert renewer.held() == 0
 
 
-def test_fence_increments_once_per_acquisition(fake: redis.Redis, keys: EntryKeys) -> None:
-    a = LeaseLock(fake, keys, lease=5, renew=False)
-    b = LeaseLock(fake, keys, lease=5, renew=False)
+def test_fence_grows_once_per_acquisition(fake: redis.Redis, keys: EntryKeys) -> None:
+    a, b = make_lease(fake, keys), make_lease(fake, keys)
     fences = []
     for _ in range(3):
-        assert a.try_acquire() is True
-        fences.append(a.fence)
+        fences.append(acquired(a.attempt()).fence)
         for _ in range(4):
-            assert b.try_acquire() is not True  # failed attempts do not count
+            held(b.attempt())  # failed attempts spend no fence
         assert int(fake.get(keys.fence) or 0) == fences[-1]
-        a.release()
+        assert a.release() is True
     assert fences == [1, 2, 3]
     assert fake.pttl(keys.fence) > 0  # the counter expires eventually (no key leak)
 
 
-def test_commit_written_then_existed(fake: redis.Redis, keys: EntryKeys) -> None:
-    stats = LeaseStats()
-    a = LeaseLock(fake, keys, lease=5, renew=False, stats=stats)
-    b = LeaseLock(fake, keys, lease=5, renew=False, stats=stats)
-    assert a.try_acquire() is True
-    assert a.commit(b"first") is CommitResult.WRITTEN
-    assert a.fence is None
-    assert not fake.exists(keys.lock)
-    assert fake.llen(keys.signal) == 1  # waiters are woken
-    assert b.try_acquire() is True
-    assert b.commit(b"second") is CommitResult.EXISTED
+def test_a_lease_that_ran_out_is_taken_over_and_its_release_refused(
+    fake: redis.Redis, keys: EntryKeys
+) -> None:
+    dying, waiter = make_lease(fake, keys), make_lease(fake, keys)
+    acquired(dying.attempt())
+    expire(fake, keys)
+    taken = acquired(waiter.attempt())
+    assert taken.fence == 2
+    assert taken.clean is False  # no release, no commit: the lease ran out
+    assert dying.release() is False  # owner-only: the stale holder cannot drop it
+    assert fake.get(keys.lock) == waiter.owner.encode()
+    assert waiter.release() is True
+
+
+def test_bad_leases_are_refused(fake: redis.Redis, keys: EntryKeys) -> None:
+    for lease in (0, -1, float("inf"), float("nan")):
+        with pytest.raises(ValueError):
+            make_lease(fake, keys, lease=lease)
+
+
+def test_entry_keys_must_be_distinct_and_share_a_slot() -> None:
+    with pytest.raises(ValueError):
+        EntryKeys(value="{a}:v", lock="{b}:l", fence="{a}:f", signal="{a}:s", staged="{a}:x")
+    with pytest.raises(ValueError):
+        EntryKeys(value="{a}:v", lock="{a}:l", fence="{a}:f", signal="{a}:s", staged="{b}:x")
+    with pytest.raises(ValueError):
+        EntryKeys(value="{a}:v", lock="{a}:v", fence="{a}:f", signal="{a}:s", staged="{a}:x")
+    EntryKeys(value="{a}:v", lock="{a}:l", fence="{a}:f", signal="{a}:s", staged="{a}:x")
+
+
+# --------------------------------------------------------------------------- COMMIT
+
+
+def test_commit_writes_releases_and_wakes(fake: redis.Redis, keys: EntryKeys) -> None:
+    lease = make_lease(fake, keys)
+    acquired(lease.attempt())
+    assert lease.commit(b"first") is CommitResult.WRITTEN
     assert fake.get(keys.value) == b"first"
+    assert fake.pttl(keys.value) == -1  # deterministic entries never expire
     assert not fake.exists(keys.lock)
-    assert fake.pttl(keys.value) == -1
-    assert stats.acquisitions == 2
-    assert stats.fencing_rejections == 0
+    assert fake.llen(keys.signal) == 1  # one token wakes every waiter
+    assert lease.release() is False  # the commit ended the hold
 
 
-def test_commit_with_ttl(fake: redis.Redis, keys: EntryKeys) -> None:
-    lock = LeaseLock(fake, keys, lease=5, renew=False)
-    assert lock.try_acquire() is True
-    assert lock.commit(b"v", ttl_ms=60_000) is CommitResult.WRITTEN
+def test_commit_retried_after_a_lost_reply_recognizes_its_own_bytes(
+    fake: redis.Redis, keys: EntryKeys
+) -> None:
+    lease = make_lease(fake, keys)
+    acquired(lease.attempt())
+    assert lease.commit(b"ours") is CommitResult.WRITTEN
+    # The first reply never arrived; the retry runs with the same token.
+    assert lease.commit(b"ours") is CommitResult.WRITTEN
+    assert lease.commit(b"different bytes") is CommitResult.EXISTED
+    assert fake.get(keys.value) == b"ours"
+
+
+def test_commit_after_another_holder_committed_reports_existed(
+    fake: redis.Redis, keys: EntryKeys
+) -> None:
+    """A holder paused past its lease resumes after the next holder committed and left."""
+    paused, winner = make_lease(fake, keys), make_lease(fake, keys)
+    acquired(paused.attempt())
+    expire(fake, keys)
+    acquired(winner.attempt())
+    assert winner.commit(b"winner") is CommitResult.WRITTEN
+    assert paused.commit(b"paused") is CommitResult.EXISTED
+    assert fake.get(keys.value) == b"winner"
+
+
+def test_commit_with_a_ttl(fake: redis.Redis, keys: EntryKeys) -> None:
+    lease = make_lease(fake, keys)
+    acquired(lease.attempt())
+    assert lease.commit(b"v", ttl_ms=60_000) is CommitResult.WRITTEN
     assert 0 < fake.pttl(keys.value) <= 60_000
 
 
-def test_fenced_commit(fake: redis.Redis, keys: EntryKeys) -> None:
-    stats = LeaseStats()
-    a = LeaseLock(fake, keys, lease=0.2, renew=False, stats=stats)
-    b = LeaseLock(fake, keys, lease=5, renew=False, stats=stats)
-    assert a.try_acquire() is True
-    assert b.acquire(timeout=5) is True  # after a's lease ran out
-    assert b.fence is not None and a.fence is not None and b.fence > a.fence
-    assert a.commit(b"from a") is CommitResult.FENCED
+def test_commit_is_fenced_once_another_worker_holds_the_lock(
+    fake: redis.Redis, keys: EntryKeys
+) -> None:
+    stale, current = make_lease(fake, keys), make_lease(fake, keys)
+    assert acquired(stale.attempt()).fence == 1
+    expire(fake, keys)
+    assert acquired(current.attempt()).fence == 2
+    assert stale.commit(b"stale") is CommitResult.FENCED
     assert fake.get(keys.value) is None
-    assert stats.fencing_rejections == 1
-    assert b.commit(b"from b") is CommitResult.WRITTEN
-    assert fake.get(keys.value) == b"from b"
+    assert fake.get(keys.lock) == current.owner.encode()  # nothing touched
+    assert current.commit(b"current") is CommitResult.WRITTEN
+    assert fake.get(keys.value) == b"current"
 
 
-def test_commit_without_acquiring_respects_holder(fake: redis.Redis, keys: EntryKeys) -> None:
-    holder = LeaseLock(fake, keys, lease=5, renew=False)
-    outsider = LeaseLock(fake, keys, lease=5, renew=False)
-    assert holder.try_acquire() is True
+def test_commit_without_acquiring_respects_the_holder(fake: redis.Redis, keys: EntryKeys) -> None:
+    holder, outsider = make_lease(fake, keys), make_lease(fake, keys)
+    acquired(holder.attempt())
     assert outsider.commit(b"x") is CommitResult.FENCED
     assert holder.commit(b"h") is CommitResult.WRITTEN
     assert outsider.commit(b"x") is CommitResult.EXISTED
     assert fake.get(keys.value) == b"h"
 
 
-def test_renewal_keeps_lock_alive(fake: redis.Redis, keys: EntryKeys) -> None:
-    holder = LeaseLock(fake, keys, lease=0.3, renew=True)
-    other = LeaseLock(fake, keys, lease=0.3, renew=False)
-    assert holder.try_acquire() is True
+# --------------------------------------------------------------------------- STAGE / PUBLISH
+
+
+def test_stage_then_publish(fake: redis.Redis, keys: EntryKeys) -> None:
+    writer, reader = make_lease(fake, keys), make_lease(fake, keys)
+    acquired(writer.attempt())
+    assert stage(writer, b"result") is CommitResult.WRITTEN
+    assert fake.get(keys.staged) == b"result"
+    assert fake.get(keys.value) is None
+    held(reader.attempt())  # readers never see a staged result: it is not published yet
+    assert publish(writer) is CommitResult.WRITTEN
+    assert fake.get(keys.value) == b"result"
+    assert not fake.exists(keys.staged)
+    assert not fake.exists(keys.lock)
+    assert fake.llen(keys.signal) == 1
+    assert reader.attempt() == Present(b"result")
+    assert publish(writer) is CommitResult.EXISTED  # retried: nothing staged, a value exists
+
+
+def test_stage_and_publish_are_fenced_when_the_lock_is_not_ours(
+    fake: redis.Redis, keys: EntryKeys
+) -> None:
+    holder, other = make_lease(fake, keys), make_lease(fake, keys)
+    assert stage(other, b"x") is CommitResult.FENCED  # nobody holds it: not ours either
+    acquired(holder.attempt())
+    assert stage(other, b"x") is CommitResult.FENCED
+    assert not fake.exists(keys.staged)
+    assert stage(holder, b"h") is CommitResult.WRITTEN
+    assert publish(other) is CommitResult.FENCED  # the holder publishes what it staged
+    assert fake.get(keys.value) is None
+    assert fake.get(keys.staged) == b"h"
+    assert fake.get(keys.lock) == holder.owner.encode()
+
+
+def test_publish_with_nothing_staged_is_lost_and_keeps_the_lock(
+    fake: redis.Redis, keys: EntryKeys
+) -> None:
+    """A failover dropped the staged copy: the holder must stage again."""
+    lease = make_lease(fake, keys)
+    acquired(lease.attempt())
+    assert publish(lease) is CommitResult.LOST
+    assert fake.get(keys.lock) == lease.owner.encode()
+    assert stage(lease, b"again") is CommitResult.WRITTEN
+    assert publish(lease) is CommitResult.WRITTEN
+    assert fake.get(keys.value) == b"again"
+
+
+def test_stage_after_a_value_was_published_is_existed(fake: redis.Redis, keys: EntryKeys) -> None:
+    first, late = make_lease(fake, keys), make_lease(fake, keys)
+    acquired(first.attempt())
+    expire(fake, keys)
+    acquired(late.attempt())
+    fake.set(keys.value, b"published meanwhile")
+    assert stage(late, b"late") is CommitResult.EXISTED
+    assert not fake.exists(keys.staged)
+
+
+def test_acquire_hands_a_staged_result_to_the_next_holder(
+    fake: redis.Redis, keys: EntryKeys
+) -> None:
+    """A holder that staged and died: its successor publishes it instead of computing."""
+    dead, successor = make_lease(fake, keys), make_lease(fake, keys)
+    acquired(dead.attempt())
+    assert stage(dead, b"staged by the dead") is CommitResult.WRITTEN
+    expire(fake, keys)
+    taken = acquired(successor.attempt())
+    assert taken.staged == b"staged by the dead"
+    assert publish(successor) is CommitResult.WRITTEN
+    assert fake.get(keys.value) == b"staged by the dead"
+    assert dead.commit(b"other") is CommitResult.EXISTED
+
+
+# --------------------------------------------------------------------------- wake-up token
+
+
+def test_wake_up_token_wakes_every_waiter(fake: redis.Redis, keys: EntryKeys) -> None:
+    lease = make_lease(fake, keys)
+    assert lease.wait(0) is False
+    assert lease.wait(-1) is False
+    assert lease.wait(0.05) is False  # no token yet
+    acquired(lease.attempt())
+    assert lease.release() is True
+    # The token is rotated in place: every waiter sees it, and it stays for the next.
+    assert all(lease.wait(0.05) for _ in range(3))
+    assert fake.llen(keys.signal) == 1
+    assert acquired(lease.attempt()).clean is True  # acquiring consumes it
+    assert fake.llen(keys.signal) == 0
+    assert lease.release() is True
+
+
+def test_a_wait_never_blocks_longer_than_max_block(fake: redis.Redis, keys: EntryKeys) -> None:
+    calls: list[tuple[Any, ...]] = []
+
+    class Recording(fakeredis.FakeRedis):
+        def brpoplpush(self, *args: Any, **kwargs: Any) -> Any:
+            calls.append(args)
+            return super().brpoplpush(*args, **kwargs)
+
+    client = Recording(server=fakeredis.FakeServer())
+    lease = make_lease(client, keys, max_block=0.05)
+    assert lease.wait(60) is False
+    assert calls == [(keys.signal, keys.signal, 0.05)]
+
+
+# --------------------------------------------------------------------------- renewal
+
+
+def test_renewer_follows_its_injected_clock(fake: redis.Redis, keys: EntryKeys) -> None:
+    clock = ManualClock()
+    renewer = Renewer(clock=clock)
+    extends: list[list[Any]] = []
+    extend = Scripts(fake)(EXTEND_LUA)
+
+    def recording(*, keys: list[str], args: list[Any]) -> Any:
+        extends.append(args)
+        return extend(keys=keys, args=args)
+
+    lease = make_lease(fake, keys, lease=30)  # taken without renewal...
+    acquired(lease.attempt())
+    hold = Hold(lease.owner, 1, keys.lock, 30_000)
+    renewer.add(hold, recording, 0.3)  # ...renewed here every 0.1 s of the fake clock
+    time.sleep(0.35)  # a whole lease of real time: the clock did not move, so no renewal
+    assert extends == []
+    clock.now += 0.12  # a third of the lease (and a little)
+    assert wait_until(lambda: len(extends) == 1)
+    assert extends == [[lease.owner, 30_000]]
+    clock.now += 0.12
+    assert wait_until(lambda: len(extends) == 2)
+    assert not hold.lost
+    renewer.remove(hold)
+    clock.now += 1.0
+    time.sleep(0.2)
+    assert len(extends) == 2  # removed: not renewed again
+    assert renewer.held() == 0
+
+
+def test_renewer_marks_a_hold_lost_after_a_lease_of_failures(keys: EntryKeys) -> None:
+    clock = ManualClock()
+    renewer = Renewer(clock=clock)
+    failures: list[int] = []
+
+    def failing(*, keys: list[str], args: list[Any]) -> Any:
+        failures.append(1)
+        raise redis.ConnectionError("server gone")
+
+    hold = Hold("token:1", 1, keys.lock, 300)
+    renewer.add(hold, failing, 0.3)
+    for n in (1, 2):  # two thirds of a lease of failures: retried, not yet lost
+        clock.now += 0.12
+        assert wait_until(lambda n=n: len(failures) == n)  # type: ignore[misc]
+        assert not hold.lost
+    clock.now += 0.12  # a whole lease without a successful renewal
+    assert wait_until(lambda: hold.lost)
+    assert len(failures) == 3
+    clock.now += 1.0
+    time.sleep(0.2)
+    assert len(failures) == 3  # a lost hold is not renewed any more
+    assert renewer.held() == 0
+
+
+def test_renewer_marks_a_hold_lost_when_the_lock_is_someone_elses(keys: EntryKeys) -> None:
+    clock = ManualClock()
+    renewer = Renewer(clock=clock)
+    hold = Hold("token:1", 1, keys.lock, 300)
+    renewer.add(hold, lambda *, keys, args: 0, 0.3)
+    clock.now += 0.12
+    assert wait_until(lambda: hold.lost)
+
+
+def test_one_renewal_thread_serves_many_holds(fake: redis.Redis) -> None:
+    clock = ManualClock()
+    renewer = Renewer(clock=clock)
+    before = renew_threads()
+    leases = [
+        make_lease(fake, entry_keys(f"many-{i}-{uuid.uuid4().hex[:6]}"), renewer=renewer)
+        for i in range(20)
+    ]
+    for lease in leases:
+        acquired(lease.attempt())
+    assert renewer.held() == 20
+    assert renew_threads() == before + 1
+    assert all(t.daemon for t in threading.enumerate() if t.name == RENEW_THREAD)
+    for lease in leases:
+        assert lease.release() is True
+    assert renewer.held() == 0
+
+
+def test_renewal_keeps_the_lock_alive(fake: redis.Redis, keys: EntryKeys) -> None:
+    renewer = Renewer()
+    holder = make_lease(fake, keys, lease=0.3, renewer=renewer)
+    other = make_lease(fake, keys, lease=0.3)
+    acquired(holder.attempt())
     end = time.monotonic() + 1.2  # four leases
     attempts = 0
     while time.monotonic() < end:
-        assert other.try_acquire() is not True
+        held(other.attempt())
         attempts += 1
         time.sleep(0.05)
     assert attempts > 0
     assert not holder.lost
     assert holder.release() is True
-    assert other.try_acquire() is True
+    acquired(other.attempt())
     other.release()
 
 
-def test_renewal_stops_on_release(fake: redis.Redis, keys: EntryKeys) -> None:
-    before = renew_threads()
-    lock = LeaseLock(fake, keys, lease=30, renew=True)
-    assert lock.try_acquire() is True
-    assert renew_threads() == before + 1
-    lock.release()  # must not wait for a 10 s renewal interval
-    assert renew_threads() == before
-    assert lock.try_acquire() is True
-    assert renew_threads() == before + 1
-    assert lock.commit(b"v") is CommitResult.WRITTEN
-    assert renew_threads() == before
-
-
-def test_renewal_notices_lost_lock(fake: redis.Redis, keys: EntryKeys) -> None:
-    stats = LeaseStats()
-    lock = LeaseLock(fake, keys, lease=0.3, renew=True, stats=stats)
-    assert lock.try_acquire() is True
-    fake.set(keys.lock, "somebody-else:99", px=5000)  # e.g. an operator or a split brain
-    assert wait_until(lambda: lock.lost, timeout=5)
-    assert stats.renew_failures == 1
-    assert lock.commit(b"v") is CommitResult.FENCED
+def test_renewal_notices_a_lost_lock(fake: redis.Redis, keys: EntryKeys) -> None:
+    lease = make_lease(fake, keys, lease=0.3, renewer=Renewer())
+    acquired(lease.attempt())
+    fake.set(keys.lock, "somebody-else:99", px=5000)  # an operator, or a split brain
+    assert wait_until(lambda: lease.lost, timeout=5)
+    assert lease.commit(b"v") is CommitResult.FENCED
     assert fake.get(keys.value) is None
 
 
-def test_renewal_errors_for_a_lease_mark_lost(keys: EntryKeys) -> None:
+def test_renewal_errors_for_a_lease_mark_it_lost(keys: EntryKeys) -> None:
     server = fakeredis.FakeServer()
     client = fakeredis.FakeRedis(server=server)
-    stats = LeaseStats()
-    lock = LeaseLock(client, keys, lease=0.3, renew=True, stats=stats)
-    assert lock.try_acquire() is True
+    lease = make_lease(client, keys, lease=0.3, renewer=Renewer())
+    acquired(lease.attempt())
     server.connected = False  # every command now raises ConnectionError
     try:
-        assert wait_until(lambda: lock.lost, timeout=5)
-        assert stats.renew_failures >= 1
+        assert wait_until(lambda: lease.lost, timeout=5)
     finally:
         server.connected = True
-    assert wait_until(lambda: not client.exists(keys.lock), timeout=5)
-    assert lock.release() is False
+    assert wait_until(lambda: not client.exists(keys.lock), timeout=5)  # nobody renewed it
+    assert lease.release() is False
 
 
-def test_dropped_lock_stops_renewing(fake: redis.Redis, keys: EntryKeys) -> None:
-    # Load the scripts first: fakeredis keeps the first NoScriptError (and so the frames
-    # of the LeaseLock that hit it) alive inside its fake socket.
-    warm = LeaseLock(fake, keys, lease=0.3, renew=False)
-    assert warm.try_acquire() is True
-    assert warm.release() is True
-    before = renew_threads()
-    lock = LeaseLock(fake, keys, lease=0.3, renew=True)
-    assert lock.try_acquire() is True
-    assert renew_threads() == before + 1
-    del lock
-    gc.collect()
-    assert wait_until(lambda: renew_threads() == before, timeout=5)
-    assert wait_until(lambda: not fake.exists(keys.lock), timeout=5)
+def test_renewal_stops_on_release_and_on_commit(fake: redis.Redis, keys: EntryKeys) -> None:
+    renewer = Renewer()
+    lease = make_lease(fake, keys, lease=30, renewer=renewer)
+    acquired(lease.attempt())
+    assert renewer.held() == 1
+    assert lease.release() is True  # at once, not after a 10 s renewal interval
+    assert renewer.held() == 0
+    acquired(lease.attempt())
+    assert renewer.held() == 1
+    assert lease.commit(b"v") is CommitResult.WRITTEN
+    assert renewer.held() == 0
 
 
-def test_acquire_timeout_message(fake: redis.Redis, keys: EntryKeys) -> None:
-    holder = LeaseLock(fake, keys, lease=5, renew=False)
-    waiter = LeaseLock(fake, keys, lease=5, renew=False)
-    assert holder.try_acquire() is True
-    with pytest.raises(DistributedLockTimeoutError) as info:
-        waiter.acquire(timeout=0.2)
-    assert isinstance(info.value, LockTimeoutError)
-    assert keys.lock in str(info.value)
-    assert "0.2" in str(info.value)
-    with pytest.raises(DistributedLockTimeoutError):
-        waiter.acquire(timeout=0)  # a single attempt
-    holder.release()
+def _renewer_state_in_child(write_fd: int) -> None:
+    """In a forked child: report the inherited renewer's holds, then renew one of its own."""
+    try:
+        inherited = RENEWER.held()
+        client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+        keys = entry_keys(f"child-{os.getpid()}")
+        lease = Lease(client, keys, Scripts(client), RENEWER, lease=0.3, max_block=0.1)
+        acquired(lease.attempt())
+        threads = renew_threads()
+        kept = wait_until(lambda: not lease.lost and client.pttl(keys.lock) > 0, timeout=1)
+        time.sleep(0.5)  # longer than the lease: only a renewal in this process keeps it
+        alive = bool(client.exists(keys.lock))
+        os.write(write_fd, f"{inherited} {threads} {int(kept and alive)}".encode())
+    finally:
+        os._exit(0)
 
 
-def test_acquire_until_returns_false(fake: redis.Redis, keys: EntryKeys) -> None:
-    stats = LeaseStats()
-    holder = LeaseLock(fake, keys, lease=5, renew=False)
-    waiter = LeaseLock(fake, keys, lease=5, renew=False, stats=stats)
-    assert holder.try_acquire() is True
-    result: list[bool] = []
-    thread = threading.Thread(
-        target=lambda: result.append(
-            waiter.acquire(timeout=10, until=lambda: bool(fake.exists(keys.value)))
-        )
-    )
-    thread.start()
-    # Commit once the waiter saw the lock held (had it come later, it would simply have
-    # acquired the free lock: callers check the value again after acquiring).
-    assert wait_until(lambda: stats.waits == 1)
-    assert holder.commit(b"v") is CommitResult.WRITTEN
-    thread.join(10)
-    assert result == [False]
-    assert waiter.fence is None
+def test_the_renewer_is_rebuilt_empty_after_fork(fake: redis.Redis, keys: EntryKeys) -> None:
+    lease = Lease(fake, keys, Scripts(fake), RENEWER, lease=30, max_block=0.1)
+    acquired(lease.attempt())
+    assert RENEWER.held() >= 1
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child exits inside
+        os.close(read_fd)
+        _renewer_state_in_child(write_fd)
+    os.close(write_fd)
+    try:
+        status = wait_for_child(pid, 20)
+        report = os.read(read_fd, 100).decode()
+    finally:
+        os.close(read_fd)
+        lease.release()
+    assert status == 0, f"child exit status {status}"
+    inherited, threads, renewed = (int(x) for x in report.split())
+    assert inherited == 0  # the parent's holds are not the child's to renew
+    assert threads == 1  # one renewal thread of the child's own
+    assert renewed == 1
 
 
-def test_takeover_counted_only_when_lease_ran_out(fake: redis.Redis, keys: EntryKeys) -> None:
-    stats = LeaseStats()
-    dying = LeaseLock(fake, keys, lease=0.2, renew=False)
-    waiter = LeaseLock(fake, keys, lease=5, renew=False, stats=stats)
-    assert dying.try_acquire() is True
-    assert waiter.acquire(timeout=5) is True
-    assert stats.takeovers == 1
-    assert stats.waits == 1
-    assert stats.wait_seconds > 0
-
-    # A clean hand-over is not a takeover.
-    second = LeaseLock(fake, keys, lease=5, renew=False, stats=stats)
-    got: list[bool] = []
-    thread = threading.Thread(target=lambda: got.append(second.acquire(timeout=10)))
-    thread.start()
-    assert wait_until(lambda: stats.waits == 2)
-    waiter.release()
-    thread.join(10)
-    assert got == [True]
-    assert stats.takeovers == 1
-    second.release()
+def wait_for_child(pid: int, timeout: float) -> int:
+    """The child's exit code; kill it and fail if it has not exited within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail(f"forked child {pid} still running after {timeout}s (killed)")
 
 
-def test_wait_for_signal(fake: redis.Redis, keys: EntryKeys) -> None:
-    lock = LeaseLock(fake, keys, lease=5, renew=False)
-    assert lock.wait_for_signal(0) is False
-    assert lock.wait_for_signal(0.05) is False
-    assert lock.try_acquire() is True
-    lock.release()
-    # The token is rotated in place: every waiter sees it, it stays for the next one.
-    assert all(lock.wait_for_signal(0.05) for _ in range(3))
-    assert fake.llen(keys.signal) == 1
-    assert lock.try_acquire() is True  # acquiring consumes it
-    assert fake.llen(keys.signal) == 0
-    lock.release()
+# --------------------------------------------------------------------------- real redis-server
 
 
-def test_held_context_manager(fake: redis.Redis, keys: EntryKeys) -> None:
-    lock = LeaseLock(fake, keys, lease=5, renew=False)
-    with lock.held(1) as acquired:
-        assert acquired is True
-        assert fake.exists(keys.lock)
-    assert not fake.exists(keys.lock)
-    with lock.held(1) as acquired:
-        assert lock.commit(b"v") is CommitResult.WRITTEN
-    assert fake.get(keys.value) == b"v"
-    with pytest.raises(KeyError), lock.held(1):
-        raise KeyError("boom")
-    assert not fake.exists(keys.lock)
-
-
-def test_entry_keys_must_share_a_slot() -> None:
-    with pytest.raises(ValueError):
-        EntryKeys(value="{a}:val", lock="{b}:lock", fence="{a}:fence", signal="{a}:sig")
-    with pytest.raises(ValueError):
-        EntryKeys(value="{a}:x", lock="{a}:x", fence="{a}:fence", signal="{a}:sig")
-
-
-def test_bad_arguments(fake: redis.Redis, keys: EntryKeys) -> None:
-    with pytest.raises(ValueError):
-        LeaseLock(fake, keys, lease=0)
-    with pytest.raises(ValueError):
-        LeaseLock(fake, keys, lease=1, max_block=0)
-    lock = LeaseLock(fake, keys, lease=1, renew=False)
-    with pytest.raises(ValueError):
-        lock.acquire(-1)
-
-
-def test_max_block_stays_below_socket_timeout(keys: EntryKeys) -> None:
-    client = fakeredis.FakeRedis(server=fakeredis.FakeServer(), socket_timeout=1.0)
-    assert LeaseLock(client, keys, lease=5).max_block <= 0.5
-
-
-# -- real redis-server -------------------------------------------------------------------
-
-
-def real_client(server: Any) -> redis.Redis:
+def real_client(server: RedisServer) -> redis.Redis:
     return redis.Redis.from_url(server.url, socket_timeout=5.0)
 
 
 @pytest.fixture
-def rclient(redis_server: Any) -> Iterator[redis.Redis]:
+def rclient(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client = real_client(redis_server)
+    Scripts(client).load_all()
     yield client
     client.close()
 
 
 @pytest.mark.real_redis
-def test_real_threads_mutual_exclusion(redis_server: Any, keys: EntryKeys) -> None:
-    stats = LeaseStats()
+def test_real_threads_hold_the_lock_one_at_a_time(
+    redis_server: RedisServer, keys: EntryKeys
+) -> None:
     guard = threading.Lock()
-    state = {"inside": 0, "max_inside": 0}
+    state = {"inside": 0, "max_inside": 0, "acquisitions": 0, "waits": 0}
     done: list[int] = []
     errors: list[BaseException] = []
 
@@ -396,16 +663,23 @@ def test_real_threads_mutual_exclusion(redis_server: Any, keys: EntryKeys) -> No
         client = real_client(redis_server)
         try:
             for _ in range(3):
-                lock = LeaseLock(client, keys, lease=5, stats=stats)
-                if not lock.acquire(timeout=10):
-                    raise AssertionError("acquire returned False without `until`")
+                lease = Lease(client, keys, Scripts(client), RENEWER, lease=5, max_block=0.5)
+                while True:
+                    attempt = lease.attempt()
+                    if isinstance(attempt, Acquired):
+                        break
+                    assert isinstance(attempt, Held)
+                    with guard:
+                        state["waits"] += 1
+                    lease.wait(attempt.pttl)
                 with guard:
                     state["inside"] += 1
+                    state["acquisitions"] += 1
                     state["max_inside"] = max(state["max_inside"], state["inside"])
                 time.sleep(0.005)
                 with guard:
                     state["inside"] -= 1
-                if not lock.release():
+                if not lease.release():
                     raise AssertionError("release of a held lock refused")
             done.append(i)
         except BaseException as exc:
@@ -421,28 +695,28 @@ def test_real_threads_mutual_exclusion(redis_server: Any, keys: EntryKeys) -> No
     assert not errors
     assert sorted(done) == list(range(8))
     assert state["max_inside"] == 1
-    assert stats.acquisitions == 24
-    assert stats.takeovers == 0
-    print(f"\ncontention: {stats.waits} contended acquires, {stats.wait_seconds:.3f}s waited")
+    assert state["acquisitions"] == 24
+    print(f"\ncontention: {state['waits']} waits for 24 acquisitions")
 
 
 @pytest.mark.real_redis
-def test_real_commit_wakes_all_waiters(
-    redis_server: Any, rclient: redis.Redis, keys: EntryKeys, prefix: str
+def test_real_commit_wakes_every_blocked_waiter(
+    redis_server: RedisServer, rclient: redis.Redis, keys: EntryKeys
 ) -> None:
-    holder = LeaseLock(rclient, keys, lease=5)
-    assert holder.try_acquire() is True
+    holder = make_lease(rclient, keys, renewer=RENEWER)
+    acquired(holder.attempt())
     name = f"waiter-{uuid.uuid4().hex[:8]}"
-    results: list[tuple[bool, float]] = []
+    results: list[tuple[Any, float]] = []
     errors: list[BaseException] = []
 
     def waiter() -> None:
         client = real_client(redis_server)
         client.client_setname(name)
         try:
-            lock = LeaseLock(client, keys, lease=5)
-            got = lock.acquire(timeout=20, until=lambda: bool(client.exists(keys.value)))
-            results.append((got, time.monotonic()))
+            lease = make_lease(client, keys, max_block=20)
+            held(lease.attempt())
+            woken = lease.wait(20)
+            results.append(((woken, lease.attempt()), time.monotonic()))
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -464,32 +738,16 @@ def test_real_commit_wakes_all_waiters(
     for t in threads:
         t.join(30)
     assert not errors
-    assert [got for got, _ in results] == [False] * 8
-    assert rclient.get(keys.value) == b"kernel"
+    assert [outcome for outcome, _ in results] == [(True, Present(b"kernel"))] * 8
     latency = max(at for _, at in results) - committed_at
     print(f"\nwake-up of 8 blocked waiters: max latency {latency * 1000:.1f} ms")
 
 
-@pytest.mark.real_redis
-def test_real_lock_timeout(rclient: redis.Redis, keys: EntryKeys) -> None:
-    holder = LeaseLock(rclient, keys, lease=5)
-    waiter = LeaseLock(rclient, keys, lease=5)
-    assert holder.try_acquire() is True
-    try:
-        with pytest.raises(DistributedLockTimeoutError) as info:
-            waiter.acquire(timeout=0.5)
-        assert keys.lock in str(info.value)
-        assert "0.5" in str(info.value)
-        assert info.value.lock == keys.lock
-        assert info.value.timeout == 0.5
-    finally:
-        holder.release()
-
-
 def _child_acquire_then_sigkill(url: str, keys: EntryKeys, out: Any) -> None:
     client = redis.Redis.from_url(url, socket_timeout=5.0)
-    lock = LeaseLock(client, keys, lease=1.0)
-    out.put(lock.fence if lock.try_acquire() is True else None)
+    lease = Lease(client, keys, Scripts(client), RENEWER, lease=1.0, max_block=0.5)
+    attempt = lease.attempt()
+    out.put(attempt.fence if isinstance(attempt, Acquired) else None)
     out.close()
     out.join_thread()  # Queue.put only hands the item to a feeder thread: flush it first
     os.kill(os.getpid(), signal.SIGKILL)
@@ -498,7 +756,7 @@ def _child_acquire_then_sigkill(url: str, keys: EntryKeys, out: Any) -> None:
 @pytest.mark.real_redis
 @pytest.mark.slow
 def test_real_sigkilled_holder_is_taken_over(
-    redis_server: Any, rclient: redis.Redis, keys: EntryKeys
+    redis_server: RedisServer, rclient: redis.Redis, keys: EntryKeys
 ) -> None:
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
@@ -510,32 +768,39 @@ def test_real_sigkilled_holder_is_taken_over(
     finally:
         if child.is_alive():
             child.kill()
-    assert child_fence is not None
+    assert child_fence == 1
     assert child.exitcode == -signal.SIGKILL
-    stats = LeaseStats()
-    waiter = LeaseLock(rclient, keys, lease=5, stats=stats)
-    started = time.monotonic()
-    assert waiter.acquire(timeout=10) is True
-    print(f"\ntook over a SIGKILLed holder (lease 1 s) after {time.monotonic() - started:.3f}s")
-    assert waiter.fence is not None and waiter.fence > child_fence
-    assert stats.takeovers == 1
-    waiter.release()
+    waiter = make_lease(rclient, keys)
+    waits = 0
+    for _ in range(100):
+        attempt = waiter.attempt()
+        if isinstance(attempt, Acquired):
+            break
+        waits += 1
+        assert held(attempt).fence == child_fence
+        waiter.wait(attempt.pttl)  # nobody releases: bounded by the dead holder's lease
+    taken = acquired(attempt)
+    assert waits >= 1
+    assert taken.fence == child_fence + 1
+    assert taken.clean is False  # the lease ran out: a takeover
+    assert waiter.release() is True
 
 
 def _child_hold_then_commit(url: str, keys: EntryKeys, ready: Any, go: Any, out: Any) -> None:
     client = redis.Redis.from_url(url, socket_timeout=5.0)
-    lock = LeaseLock(client, keys, lease=0.5, renew=True)
-    ready.put(lock.fence if lock.try_acquire() is True else None)
+    lease = Lease(client, keys, Scripts(client), RENEWER, lease=0.5, max_block=0.25)
+    attempt = lease.attempt()
+    ready.put(attempt.fence if isinstance(attempt, Acquired) else None)
     go.get(timeout=60)
-    result = lock.commit(b"child")
-    out.put((result.value, lock.lost))
+    result = lease.commit(b"child")
+    out.put((result.value, lease.lost))
 
 
 @pytest.mark.real_redis
 @pytest.mark.slow
 @pytest.mark.parametrize("parent_commits", [True, False])
 def test_real_sigstopped_holder_is_fenced(
-    redis_server: Any, rclient: redis.Redis, keys: EntryKeys, parent_commits: bool
+    redis_server: RedisServer, rclient: redis.Redis, keys: EntryKeys, parent_commits: bool
 ) -> None:
     ctx = multiprocessing.get_context("spawn")
     ready, go, out = ctx.Queue(), ctx.Queue(), ctx.Queue()
@@ -546,13 +811,17 @@ def test_real_sigstopped_holder_is_fenced(
     stopped = False
     try:
         child_fence = ready.get(timeout=60)
-        assert child_fence is not None
+        assert child_fence == 1
         assert child.pid is not None
         os.kill(child.pid, signal.SIGSTOP)
         stopped = True
-        parent = LeaseLock(rclient, keys, lease=5)
-        assert parent.acquire(timeout=10) is True  # the child's renewal is frozen
-        assert parent.fence is not None and parent.fence > child_fence
+        parent = make_lease(rclient, keys)
+        for _ in range(100):  # the child's renewal is frozen: its lease runs out
+            attempt = parent.attempt()
+            if isinstance(attempt, Acquired):
+                break
+            parent.wait(held(attempt).pttl)
+        assert acquired(attempt).fence == child_fence + 1
         if parent_commits:
             assert parent.commit(b"parent") is CommitResult.WRITTEN
         os.kill(child.pid, signal.SIGCONT)
@@ -566,7 +835,6 @@ def test_real_sigstopped_holder_is_fenced(
         if child.is_alive():
             child.kill()
     print(f"\nresumed holder's commit: {result} (renewal noticed the loss: {lost})")
-    assert result != CommitResult.WRITTEN.value
     if parent_commits:
         assert result == CommitResult.EXISTED.value
         assert rclient.get(keys.value) == b"parent"
@@ -576,54 +844,90 @@ def test_real_sigstopped_holder_is_fenced(
         assert parent.release() is True
 
 
-@pytest.mark.real_redis
-def test_real_forked_child_does_not_hold(rclient: redis.Redis, keys: EntryKeys) -> None:
-    lock = LeaseLock(rclient, keys, lease=5)
-    assert lock.try_acquire() is True
-    ctx = multiprocessing.get_context("fork")
-    out = ctx.Queue()
-
-    def child() -> None:
-        out.put((lock.fence, lock.release(), lock.commit(b"child").value))
-
-    proc = ctx.Process(target=child)
-    proc.start()
+def _forked_child_uses_the_parents_lease(lease: Lease, write_fd: int) -> None:
     try:
-        reported = out.get(timeout=30)
-        proc.join(30)
+        attempt = lease.attempt()
+        report = (
+            f"{lease.owner!r}|{lease.release()}|{lease.commit(b'child').value}|"
+            f"{type(attempt).__name__}|{lease.lost}"
+        )
+        os.write(write_fd, report.encode())
     finally:
-        if proc.is_alive():
-            proc.kill()
-    assert reported == (None, False, CommitResult.FENCED.value)
-    assert lock.fence is not None
-    assert rclient.get(keys.value) is None
-    assert lock.commit(b"parent") is CommitResult.WRITTEN
+        os._exit(0)
 
 
 @pytest.mark.real_redis
-def test_real_cluster_scripts_run_on_the_slot_owner(redis_cluster: Any, prefix: str) -> None:
+def test_real_forked_child_never_holds_its_parents_lock(
+    redis_server: RedisServer, keys: EntryKeys
+) -> None:
+    client = real_client(redis_server)
+    lease = make_lease(client, keys, renewer=RENEWER)
+    parent_fence = acquired(lease.attempt()).fence
+    parent_owner = lease.owner
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child exits inside
+        os.close(read_fd)
+        _forked_child_uses_the_parents_lease(lease, write_fd)
+    os.close(write_fd)
+    try:
+        status = wait_for_child(pid, 30)
+        report = os.read(read_fd, 1000).decode()
+    finally:
+        os.close(read_fd)
+    assert status == 0
+    owner, released, committed, attempt, lost = report.split("|")
+    # The child neither holds, releases, commits with, nor re-takes the parent's lock.
+    assert (owner, released, committed, attempt, lost) == (
+        "''",
+        "False",
+        CommitResult.FENCED.value,
+        "Held",
+        "False",
+    )
+    check = real_client(redis_server)
+    assert check.get(keys.value) is None
+    assert check.get(keys.lock) == parent_owner.encode()
+    assert lease.commit(b"parent") is CommitResult.WRITTEN
+    assert check.get(keys.value) == b"parent"
+    assert int(check.get(keys.fence) or 0) == parent_fence
+    check.close()
+    client.close()
+
+
+@pytest.mark.real_redis
+def test_real_cluster_scripts_run_on_the_slot_owner(
+    redis_cluster: RedisClusterHandle, namespace: str
+) -> None:
     cluster = redis.cluster.RedisCluster.from_url(redis_cluster.url, socket_timeout=5.0)
     try:
         owners = set()
         for i in range(6):
-            keys = entry_keys(f"{prefix}-{i}")
-            a = LeaseLock(cluster, keys, lease=5)
-            b = LeaseLock(cluster, keys, lease=5)
-            assert a.try_acquire() is True
-            left = b.try_acquire()
-            assert left is not True and 0 < left <= 5
-            assert a.commit(b"v%d" % i) is CommitResult.WRITTEN
-            assert b.wait_for_signal(1.0) is True
-            assert b.acquire(timeout=5) is True
-            assert b.commit(b"other") is CommitResult.EXISTED
+            keys = entry_keys(f"{namespace}-{i}")
+            a, b = make_lease(cluster, keys), make_lease(cluster, keys)
+            assert acquired(a.attempt()).fence == 1
+            assert held(b.attempt()).fence == 1
             node = cluster.get_node_from_key(keys.value)  # type: ignore[no-untyped-call]
             owners.add(node.name)
             direct = redis.Redis(host=node.host, port=node.port)
             try:
+                if i % 2:  # COMMIT through the cluster client
+                    assert a.commit(b"v%d" % i) is CommitResult.WRITTEN
+                else:  # STAGE/PUBLISH pipelined on the node, as LeaseFlight does
+                    Scripts(direct).load_all()
+                    assert stage(a, b"v%d" % i, direct) is CommitResult.WRITTEN
+                    assert publish(a, direct) is CommitResult.WRITTEN
+                assert b.wait(1.0) is True
+                assert b.attempt() == Present(b"v%d" % i)
                 assert direct.get(keys.value) == b"v%d" % i
-                assert int(direct.get(keys.fence) or 0) == 2
+                assert int(direct.get(keys.fence) or 0) == 1
             finally:
                 direct.close()
         print(f"\ncluster: entries landed on {len(owners)} node(s)")
+        assert len(owners) >= 2
     finally:
         cluster.close()
+
+
+def test_module_exports_what_it_documents() -> None:
+    assert set(lease_module.__all__) <= set(dir(lease_module))

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from redis_cache import exceptions
+from redis_cache.interfaces import FastCache
 from tests.support.helpers import (
     DELAY_ENV,
     LEDGER_ENV,
@@ -24,6 +26,7 @@ from tests.support.helpers import (
     dcache_many_worker,
     dcache_worker,
     fcache_worker,
+    make_settings,
 )
 from tests.support.servers import RedisClusterHandle, RedisServer, free_port
 
@@ -250,3 +253,37 @@ def test_fcache_single_flight_fails_open_without_redis(
         assert r["stats"]["computations"] + r["stats"]["disk_hits"] == 1
     assert sum(r["stats"]["remote_errors"] for r in reports) >= 1
     assert len(computations(fleet_env)) == sum(r["stats"]["computations"] for r in reports)
+
+
+# --------------------------------------------------------------------------- issue 9 regressions
+
+
+@pytest.mark.parametrize(
+    "own_error",
+    [
+        exceptions.LockTimeoutError("a lock of the compiler's own", 5.0),
+        exceptions.RemoteUnavailableError("the compiler's own artifact server is down"),
+        exceptions.ValueTooLargeError("the compiler's own size limit"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_item11_fcache_single_flight_lets_the_functions_own_errors_propagate(
+    tmp_path: Path, redis_server: RedisServer, namespace: str, own_error: Exception
+) -> None:
+    """Only the library's own lock may fall back to computing locally: fn runs once."""
+    cache = FastCache(
+        make_settings(tmp_path, url=redis_server.url, namespace=namespace, single_flight=True,
+                      stats_interval=0)
+    )  # fmt: skip
+    calls: list[int] = []
+
+    @cache.record()
+    def compile_with_its_own_failure(x: int) -> int:
+        calls.append(x)
+        raise own_error
+
+    with pytest.raises(type(own_error)) as info:
+        compile_with_its_own_failure(1)
+    cache.close()
+    assert info.value is own_error
+    assert calls == [1], f"fn ran {len(calls)} times"

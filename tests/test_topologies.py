@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import random
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 import redis_cache
 from redis_cache import exceptions
 from redis_cache.interfaces import DeterministicCache, FastCache
 from redis_cache.layers import EntryKey
-from tests.support.helpers import make_settings, rich_value
+from tests.support.helpers import (
+    DELAY_ENV,
+    LEDGER_ENV,
+    compile_tagged,
+    computations,
+    dcache_each_worker,
+    make_settings,
+    rich_value,
+)
 from tests.support.servers import RedisClusterHandle, RedisServer, SentinelHandle, TLSMaterial
 
 pytestmark = [pytest.mark.real_redis, pytest.mark.slow]
@@ -206,3 +218,140 @@ def test_entry_keys_stay_in_the_namespace_pattern(tmp_path: Path) -> None:
     keys = layer.entry_keys(EntryKey("m.f", "0" * 64, "fcache"))
     for key in (keys.value, keys.lock, keys.fence, keys.signal):
         assert key.startswith("redis_cache:v2:team-a:")
+
+
+# --------------------------------------------------------------------------- issue 9 regressions
+
+SPAWN = multiprocessing.get_context("spawn")
+FAILOVER_KEYS = 300
+FAILOVER_WORKERS = 4
+
+
+def _wait(what: str, predicate: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if predicate():
+                return
+        except (redis.RedisError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within {timeout:g}s")
+        time.sleep(0.05)
+
+
+def test_item20_min_replicas_survives_a_failover_with_a_stalled_replica(
+    tmp_path: Path, redis_sentinel: SentinelHandle, monkeypatch: pytest.MonkeyPatch,
+    namespace: str,
+) -> None:
+    """REDIS_CACHE_MIN_REPLICAS=1, replication stalled, then the primary is killed.
+
+    The replica is SIGSTOPped (every WAIT falls short) and its link cut on the primary,
+    so what the primary takes from then on exists nowhere else; 1.5 s later the primary
+    is SIGKILLed and Sentinel promotes the replica. Four processes record 300 keys
+    throughout: no two callers may get different values for a key, and no caller may
+    return a value the new primary does not hold.
+    """
+    for name in list(os.environ):
+        if name.startswith("REDIS_CACHE_"):
+            monkeypatch.delenv(name)
+    env = {
+        "REDIS_CACHE_SENTINELS": redis_sentinel.sentinels_env,
+        "REDIS_CACHE_SENTINEL_MASTER": redis_sentinel.master_name,
+        "REDIS_CACHE_NAMESPACE": namespace,
+        "REDIS_CACHE_DETERMINISTIC": "1",
+        "REDIS_CACHE_DETERMINISM": "global",
+        "REDIS_CACHE_MIN_REPLICAS": "1",
+        "REDIS_CACHE_RETRY_DEADLINE": "40",
+        "REDIS_CACHE_SOCKET_TIMEOUT": "1.0",
+        "REDIS_CACHE_CONNECT_TIMEOUT": "0.5",
+        "REDIS_CACHE_LOCK_LEASE": "10",
+        "REDIS_CACHE_LOCK_TIMEOUT": "120",
+        "REDIS_CACHE_STATS_INTERVAL": "0",
+        "REDIS_CACHE_DIR": str(tmp_path / "disk"),
+        LEDGER_ENV: str(tmp_path / "ledger"),
+        DELAY_ENV: "0.05",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    ledger = tmp_path / "ledger"
+    out, barrier = SPAWN.Queue(), SPAWN.Barrier(FAILOVER_WORKERS)
+    keys = list(range(FAILOVER_KEYS))
+    procs = []
+    for seed in range(FAILOVER_WORKERS):
+        order = keys[:]
+        random.Random(seed).shuffle(order)
+        procs.append(
+            SPAWN.Process(target=dcache_each_worker, args=("compile_tagged", order, barrier, out))
+        )
+    for p in procs:
+        p.start()
+    old_primary, replica = redis_sentinel.primary, redis_sentinel.replica
+    stalled = False
+    try:
+        _wait("40 computations", lambda: len(computations(ledger)) >= 40, 120)
+        replica.pause()  # every WAIT falls short from now on
+        stalled = True
+        with old_primary.client() as client:  # and what the primary takes stays there
+            client.execute_command("CLIENT", "KILL", "TYPE", "replica")
+        time.sleep(1.5)
+        computed_before_the_kill = len(computations(ledger))
+        old_primary.kill()
+        replica.resume()
+        stalled = False
+        _wait(
+            "the replica's promotion",
+            lambda: replica.role() == "master"
+            and all(redis_sentinel.master_address(s) == replica.address
+                    for s in redis_sentinel.sentinel_servers),
+            60,
+        )  # fmt: skip
+        # The old primary comes back as a replica of the new one: WAIT can succeed again.
+        old_primary.restart()
+        with old_primary.client() as client:
+            client.execute_command("REPLICAOF", replica.host, str(replica.port))
+        _wait(
+            "the old primary to replicate the new one",
+            lambda: old_primary.info("replication").get("master_link_status") == "up",
+            60,
+        )
+        redis_sentinel.primary, redis_sentinel.replica = replica, old_primary
+        reports = [out.get(timeout=240) for _ in procs]
+    finally:
+        if stalled:
+            replica.resume()
+        for p in procs:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+    # Read what the new primary holds, as any later machine would.
+    reader = DeterministicCache(
+        make_settings(tmp_path / "reader", sentinels=tuple(redis_sentinel.sentinels),
+                      sentinel_master=redis_sentinel.master_name, namespace=namespace,
+                      deterministic=True, determinism="global", stats_interval=0)
+    )  # fmt: skip
+    returned: dict[int, set[str]] = {}
+    errors: list[str] = []
+    for r in reports:
+        for x, (kind, value) in r["report"].items():
+            if kind == "value":
+                returned.setdefault(x, set()).add(value)
+            else:
+                errors.append(value)
+    held = {x: reader.get(compile_tagged, ((x,), {})) for x in returned}
+    reader.close()
+    diverged = {x: values for x, values in returned.items() if len(values) > 1}
+    unheld = {
+        x: (values, None if held[x] is None else held[x].value)
+        for x, values in returned.items()
+        if held[x] is None or {held[x].value} != values
+    }
+    print(
+        f"\nfailover with a stalled replica: {len(returned)} keys returned, "
+        f"{len(errors)} errors, {computed_before_the_kill} computed before the kill, "
+        f"{len(computations(ledger))} in all"
+    )
+    assert not diverged, f"one key, several values: {diverged}"
+    assert not unheld, f"returned, but not what the new primary holds: {unheld}"
+    assert all(e.startswith(("RemoteError", "RemoteUnavailableError")) for e in errors), errors
+    assert len(returned) == FAILOVER_KEYS, f"only {len(returned)} keys returned: {errors[:5]}"

@@ -73,25 +73,32 @@ class FailOpen(Layer[bytes]):
         else:
             logger.debug("%s", exc)
 
-    def _call(self, operation: Callable[[], T]) -> tuple[bool, T | None]:
-        """(whether it ran without a failure, its result)."""
+    def _call(self, operation: Callable[[], T], *, proves: bool = True) -> tuple[bool, T | None]:
+        """(whether it ran without a failure, its result).
+
+        ``proves``: whether success shows the layer works again. A miss (or a repair that
+        found nothing) does not: the disk answers "absent" without touching a broken
+        directory, and counting that as a recovery logged two warnings per call for the
+        whole outage.
+        """
+        result: T | None
         if self.breaker is None:
             try:
                 result = operation()
             except exceptions.SystemError as exc:
                 self.note(exc)
                 return False, None
+        else:
+            admission, result, error = self.breaker.call(operation, self._failed)
+            if admission is Admission.DENIED:
+                self.stats.remote_skipped += 1
+                return False, None
+            if error is not None:
+                self.note(error)
+                return False, None
+        if proves:
             self._recovered()
-            return True, result
-        admission, outcome, error = self.breaker.call(operation, self._failed)
-        if admission is Admission.DENIED:
-            self.stats.remote_skipped += 1
-            return False, None
-        if error is not None:
-            self.note(error)
-            return False, None
-        self._recovered()
-        return True, outcome
+        return True, result
 
     def _recovered(self) -> None:
         if self._sick:
@@ -99,11 +106,18 @@ class FailOpen(Layer[bytes]):
             logger.warning("%s layer is available again", self.name)
 
     def get(self, key: EntryKey) -> bytes | None:
-        return self._call(lambda: self.layer.get(key))[1]
+        value = self._call(lambda: self.layer.get(key), proves=False)[1]
+        if value is not None:
+            self._recovered()
+        return value
 
     def get_many(self, keys: Sequence[EntryKey]) -> list[bytes | None]:
-        ok, values = self._call(lambda: self.layer.get_many(keys))
-        return values if ok and values is not None else [None] * len(keys)
+        ok, values = self._call(lambda: self.layer.get_many(keys), proves=False)
+        if not ok or values is None:
+            return [None] * len(keys)
+        if any(v is not None for v in values):
+            self._recovered()
+        return values
 
     def insert(self, key: EntryKey, item: bytes) -> Outcome:
         try:
@@ -133,8 +147,10 @@ class FailOpen(Layer[bytes]):
     def discard(self, key: EntryKey, expected: bytes) -> bool:
         if not self.repairs:
             return False  # a read-only consumer reports corruption, it does not repair it
-        ok, removed = self._call(lambda: self.layer.discard(key, expected))
-        return bool(ok and removed)
+        removed = bool(self._call(lambda: self.layer.discard(key, expected), proves=False)[1])
+        if removed:
+            self._recovered()
+        return removed
 
 
 class Retrying(Layer[bytes]):

@@ -176,6 +176,23 @@ def dcache_many_worker(fn_name: str, args: list[Any], out: Any) -> None:
     redis_cache.dcache.close()
 
 
+def dcache_each_worker(fn_name: str, args: list[Any], barrier: Any, out: Any) -> None:
+    """Process body: record every argument in order; report each value or error by key."""
+    import redis_cache  # noqa: PLC0415
+    from tests.support import helpers as support  # noqa: PLC0415
+
+    wrapped = redis_cache.dcache.record()(getattr(support, fn_name))
+    barrier.wait(timeout=120)
+    report: dict[Any, tuple[str, Any]] = {}
+    for arg in args:
+        try:
+            report[arg] = ("value", wrapped(arg))
+        except Exception as exc:  # reported to the test, which decides
+            report[arg] = ("error", f"{type(exc).__name__}: {exc}")
+    out.put({"pid": os.getpid(), "report": report, "stats": redis_cache.dcache.stats().as_dict()})
+    redis_cache.dcache.close()
+
+
 def compile_quick(x: int) -> str:
     note_computation(f"compile_quick {x}")
     return f"{x}@{os.getpid()}"
@@ -394,3 +411,27 @@ def exploit_envelope(
     else:
         tag = unsigned_tag(key_id, header, payload)
     return header + tag + payload
+
+
+# --------------------------------------------------------------------------- entries on disk
+
+
+def entry_relpath(scratch: Path, cache_factory: Any, fn: Any, params: Any) -> Path:
+    """Where ``fn(*params)``'s disk entry lives, relative to ``REDIS_CACHE_DIR``.
+
+    Found through the public API only: a cache built by ``cache_factory(scratch)``
+    inserts a probe value and the one entry file it creates is located.
+    """
+    cache = cache_factory(scratch)
+    try:
+        if not cache.insert(fn, params, "probe"):
+            raise RuntimeError(f"{scratch} already holds an entry for {params}")
+    finally:
+        cache.close()
+    files = [
+        p for p in scratch.rglob("*")
+        if p.is_file() and "entries" in p.parts and not p.name.startswith(".")
+    ]  # fmt: skip
+    if len(files) != 1:
+        raise RuntimeError(f"expected one entry file under {scratch}, found {files}")
+    return files[0].relative_to(scratch)
