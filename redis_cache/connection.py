@@ -32,10 +32,7 @@ from redis._parsers.resp2 import _RESP2Parser
 from redis._parsers.socket import SocketBuffer
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
-<<<<<<< HEAD
-=======
-from redis.connection import AbstractConnection, parse_url
->>>>>>> seamtests
+from redis.connection import AbstractConnection
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import (
@@ -45,13 +42,8 @@ from redis.sentinel import (
     SentinelManagedSSLConnection,
 )
 
-<<<<<<< HEAD
-from . import exceptions
-from .config import Settings, Target
-=======
 from . import exceptions, retry
-from .config import Settings
->>>>>>> seamtests
+from .config import Settings, Target
 
 __all__ = [
     "CLIENT_NAME",
@@ -310,7 +302,48 @@ def _connection_class(base: type, parser: type[BoundedParser]) -> type:
     mixin: type[_Guarded] = _TLSGuarded if ssl_based else _PlainGuarded
     if issubclass(base, redis.UnixDomainSocketConnection):
         mixin = _Guarded
-    return type(base.__name__, (mixin, base), {"parser": parser})
+    return type(base.__name__, (mixin, _Deadlined, base), {"parser": parser})
+
+
+# A socket timeout below this would make every read of the attempt fail at once.
+_MIN_CAPPED_TIMEOUT = 0.001
+
+
+def _capped(timeout: float | None) -> float | None:
+    """``timeout``, capped by what is left of the retry deadline running on this thread."""
+    left = retry.time_left()
+    if left is None or (timeout is not None and timeout <= left):
+        return timeout
+    return max(left, _MIN_CAPPED_TIMEOUT)
+
+
+class _Deadlined(AbstractConnection):
+    """Mixed into every connection class we use: no connect, handshake or read of a
+    retried dcache step outlasts ``REDIS_CACHE_RETRY_DEADLINE`` by a socket timeout.
+
+    Outside a retried step (fcache, the renewer, the stats publisher) it changes nothing.
+    """
+
+    def _connect(self) -> Any:
+        saved = (self.socket_connect_timeout, self.socket_timeout)
+        self.socket_connect_timeout = _capped(saved[0])
+        self.socket_timeout = _capped(saved[1])  # read by _connect (TLS handshake) only
+        try:
+            return super()._connect()  # type: ignore[safe-super,no-untyped-call]
+        finally:
+            self.socket_connect_timeout, self.socket_timeout = saved
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        timeout = _capped(self.socket_timeout)
+        sock = self._sock
+        if timeout == self.socket_timeout or sock is None:
+            return super().read_response(*args, **kwargs)
+        sock.settimeout(timeout)
+        try:
+            return super().read_response(*args, **kwargs)
+        finally:
+            if self._sock is not None:
+                self._sock.settimeout(self.socket_timeout)
 
 
 def _classes(settings: Settings) -> Callable[[type], type]:
@@ -409,7 +442,6 @@ class _Invalid(Exception):
 # --------------------------------------------------------------------------- builders
 
 
-<<<<<<< HEAD
 def _build_standalone(settings: Settings, target: Target) -> redis.Redis:
     bounded = _classes(settings)
     kwargs = _common_kwargs(settings, target)
@@ -429,88 +461,6 @@ def _build_standalone(settings: Settings, target: Target) -> redis.Redis:
     client = redis.Redis(connection_pool=pool)
     client.auto_close_connection_pool = True
     return client
-=======
-# A socket timeout below this would make every read of the attempt fail at once.
-_MIN_CAPPED_TIMEOUT = 0.001
-
-
-def _capped(timeout: float | None) -> float | None:
-    """``timeout``, capped by what is left of the retry deadline running on this thread."""
-    left = retry.time_left()
-    if left is None or (timeout is not None and timeout <= left):
-        return timeout
-    return max(left, _MIN_CAPPED_TIMEOUT)
-
-
-class _Deadlined(AbstractConnection):
-    """Mixed into every connection class we use: no connect, handshake or read of a
-    retried dcache step outlasts ``REDIS_CACHE_RETRY_DEADLINE`` by a socket timeout.
-
-    Outside a retried step (fcache, the renewer, the stats publisher) it changes nothing.
-    """
-
-    def _connect(self) -> Any:
-        saved = (self.socket_connect_timeout, self.socket_timeout)
-        self.socket_connect_timeout = _capped(saved[0])
-        self.socket_timeout = _capped(saved[1])  # read by _connect (TLS handshake) only
-        try:
-            return super()._connect()  # type: ignore[safe-super,no-untyped-call]
-        finally:
-            self.socket_connect_timeout, self.socket_timeout = saved
-
-    def read_response(self, *args: Any, **kwargs: Any) -> Any:
-        timeout = _capped(self.socket_timeout)
-        sock = self._sock
-        if timeout == self.socket_timeout or sock is None:
-            return super().read_response(*args, **kwargs)
-        sock.settimeout(timeout)
-        try:
-            return super().read_response(*args, **kwargs)
-        finally:
-            if self._sock is not None:
-                self._sock.settimeout(self.socket_timeout)
-
-
-_DEADLINED: dict[type, type] = {}
-
-
-def _deadlined(connection_class: type) -> type:
-    """``connection_class`` with :class:`_Deadlined` mixed in (one class per base)."""
-    if issubclass(connection_class, _Deadlined):
-        return connection_class
-    cls = _DEADLINED.get(connection_class)
-    if cls is None:
-        name = f"Deadlined{connection_class.__name__}"
-        cls = _DEADLINED[connection_class] = type(name, (_Deadlined, connection_class), {})
-    return cls
-
-
-class _DeadlinePool(redis.ConnectionPool):
-    """A pool whose connections are :class:`_Deadlined` (standalone and cluster nodes)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.connection_class = _deadlined(self.connection_class)
-
-
-class _DeadlineSentinelPool(SentinelConnectionPool):
-    """A sentinel-managed pool whose connections are :class:`_Deadlined`."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
-        self.connection_class = _deadlined(self.connection_class)
-
-
-def _build_standalone(settings: Settings, url: str) -> redis.Redis:
-    scheme, _ = _url_options(url)
-    pool = _DeadlinePool.from_url(
-        url,
-        retry=_no_retry(),
-        **_common_kwargs(settings),
-        **_tls_kwargs(settings, scheme == "rediss"),
-    )
-    return redis.Redis.from_pool(pool)
->>>>>>> seamtests
 
 
 def _build_cluster(settings: Settings, target: Target) -> RedisCluster:
@@ -534,7 +484,6 @@ def _build_cluster(settings: Settings, target: Target) -> RedisCluster:
     )
 
 
-<<<<<<< HEAD
 def _bracketed(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -543,10 +492,6 @@ class _NodePool(redis.ConnectionPool):
     """A cluster node's pool: our health check interval and bounded connections."""
 
     parser: ClassVar[type[BoundedParser]] = BoundedParser
-=======
-class _HealthCheckedPool(_DeadlinePool):
-    """A cluster node's pool with our health check interval (see ``_build_cluster``)."""
->>>>>>> seamtests
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("health_check_interval", HEALTH_CHECK_INTERVAL)
@@ -626,17 +571,9 @@ def _build_sentinel(settings: Settings, target: Target) -> redis.Redis:
         node.connection_pool.connection_kwargs["parser_class"] = parser
     base = SentinelManagedSSLConnection if target.tls else SentinelManagedConnection
     client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-<<<<<<< HEAD
         target.service,
         connection_class=_classes(settings)(base),
         **_common_kwargs(settings, target),
-=======
-        settings.sentinel_master,
-        connection_pool_class=_DeadlineSentinelPool,
-        retry=_no_retry(),
-        **_common_kwargs(settings),
-        **credentials,
->>>>>>> seamtests
         **tls_kwargs,
     )
     return client

@@ -32,7 +32,7 @@ from .flight import FailOpenFlight, FileFlight, Flight, LeaseFlight, NoFlight, W
 from .layers.base import Layer, Space
 from .layers.guards import FailOpen, Retrying
 from .retry import Retrier
-from .stats import CacheStats
+from .stats import StatsRecorder
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -93,7 +93,7 @@ def _fast(settings: Settings, rt: Runtime) -> Policy:
     if settings.single_flight and settings.remote_writable:
         lease = LeaseFlight(
             rt.redis,
-            Retrier(0.0, stats=CacheStats()),  # a failure is counted once, by remote.note
+            Retrier(0.0, stats=StatsRecorder()),  # a failure is counted once, by remote.note
             stats,
             lock_timeout=settings.lock_timeout,
             lease=settings.lock_lease,

@@ -156,7 +156,7 @@ def layer(tmp_path: Path, redis_server: RedisServer, namespace: str) -> Iterator
 
 def lease_flight(
     layer: RedisLayer,
-    stats: CacheStats | None = None,
+    stats: StatsRecorder | None = None,
     *,
     deadline: float = 5.0,
     lock_timeout: float = 10.0,
@@ -465,7 +465,9 @@ def test_replicated_publication_never_shows_an_unreplicated_result(
     assert wait_until(lambda: replica.info("replication").get("master_link_status") == "up")
     kernel = Kernel(b"recomputed")
     later = bounded(
-        lambda: lease_flight(layer, StatsRecorder(), lock_timeout=8, replicas=1).run(stalled, kernel),
+        lambda: lease_flight(layer, StatsRecorder(), lock_timeout=8, replicas=1).run(
+            stalled, kernel
+        ),
         30,
     )
     assert later.error is None, repr(later.error)
