@@ -104,13 +104,16 @@ def install(settings: config.Settings | None = None) -> None:
     Raises :class:`InvalidSettingError` (bad or missing settings, no secret, no server)
     or :class:`TorchIntegrationError` (this torch lacks the seam); torch is then unchanged.
     """
-    with _lock:
-        if _installation is not None:
-            return
-        checked = _checked_settings(settings)
-        import torch  # noqa: F401, PLC0415 - the real torch: this module's imports are absolute
+    if _installation is not None:
+        return
+    checked = _checked_settings(settings)
+    import torch  # noqa: F401, PLC0415 - the real torch: this module's imports are absolute
 
-        _apply(importlib.import_module(TARGET_MODULE), checked)
+    # Imported outside the lock: an armed environment hook takes it while this import runs.
+    module = importlib.import_module(TARGET_MODULE)
+    with _lock:
+        if _installation is None:
+            _apply(module, checked)
 
 
 def uninstall() -> None:
