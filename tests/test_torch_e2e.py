@@ -30,7 +30,7 @@ from redis_cache.codec import Codec
 from tests.support.servers import RedisServer
 from tests.support.torch_workers import ROOT, SECRET, machine_env, require_torch
 
-pytestmark = [pytest.mark.slow, pytest.mark.real_redis]
+pytestmark = [pytest.mark.torch, pytest.mark.slow, pytest.mark.real_redis]
 
 
 @dataclass

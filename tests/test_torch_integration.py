@@ -47,7 +47,7 @@ from tests.support.torch_workers import (
     warnings_in,
 )
 
-pytestmark = pytest.mark.real_redis
+pytestmark = [pytest.mark.torch, pytest.mark.real_redis]
 
 OTHER_SECRET = b"another-fleet-secret-91d2"
 CACHE_CLASSES = (
@@ -197,6 +197,21 @@ def test_unusable_settings_warn_once_and_leave_torch_unchanged(
     assert report["overrides"] == dict.fromkeys(CACHE_CLASSES)
     assert report["settings"] == UNSET
     assert not report["active"]
+
+
+def test_a_broken_install_never_breaks_import_torch(
+    torch_module: Any, fleet_env: dict[str, str], tmp_path: Path
+) -> None:
+    # A redis_cache that fails to import (a half-upgraded install) comes first on the path.
+    broken = tmp_path / "broken" / "redis_cache"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('half-installed redis_cache')\n")
+    env = dict(fleet_env, PYTHONPATH=os.pathsep.join([str(broken.parent), fleet_env["PYTHONPATH"]]))
+    # Not from the repository root: python -c puts the working directory first on the path.
+    done = run_python("import torch; print(torch.ones(2).sum().item())", env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "2.0"
+    assert "half-installed redis_cache" in done.stderr and "unchanged" in done.stderr
 
 
 def test_device_backend_autoload_off_means_no_activation(

@@ -28,6 +28,8 @@ from redis_cache.memoizer import DeferredRecording
 from tests.support.helpers import make_settings
 from tests.support.torch_workers import require_torch
 
+pytestmark = pytest.mark.torch
+
 
 @pytest.fixture(scope="module")
 def torch_caching() -> types.ModuleType:

@@ -32,7 +32,7 @@ from redis_cache.triton import RemoteCacheBackend, gpu_target, host_platform
 from tests.support.helpers import make_settings
 from tests.support.servers import RedisServer, _skip_or_fail, free_port
 
-pytestmark = pytest.mark.real_redis
+pytestmark = [pytest.mark.torch, pytest.mark.real_redis]
 
 SECRET = b"triton-fleet-secret-6b0e2d"
 CUBIN = b"\x7fELF" + os.urandom(2000)

@@ -56,13 +56,13 @@ def machine_env(root: Path, **variables: str) -> dict[str, str]:
 
 
 def run_python(
-    code: str, env: dict[str, str], timeout: float = 300
+    code: str, env: dict[str, str], timeout: float = 300, cwd: Path = ROOT
 ) -> subprocess.CompletedProcess[str]:
-    """``python -c code`` from the repository root; stdout and stderr captured as text."""
+    """``python -c code`` (from the repository root); stdout and stderr captured as text."""
     return subprocess.run(
         [sys.executable, "-c", code],
         env=env,
-        cwd=ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
