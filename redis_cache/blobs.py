@@ -132,9 +132,9 @@ class BlobStore:
         if cache.stats().oversize_values > oversize_before:
             self.warn_once(
                 "oversize",
-                f"an entry of {len(data)} bytes exceeds REDIS_CACHE_MAX_VALUE_BYTES="
-                f"{self._max_value_bytes}; "
-                "it stays on this machine's disk (later ones are counted in oversize_values)",
+                f"an entry of {len(data)} bytes (before compression) exceeds "
+                f"REDIS_CACHE_MAX_VALUE_BYTES={self._max_value_bytes}; it stays on this "
+                "machine's disk (later ones are counted in oversize_values)",
             )
         return inserted
 

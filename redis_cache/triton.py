@@ -28,10 +28,11 @@ import platform
 import sys
 import sysconfig
 import threading
+import warnings
 from collections.abc import Sequence
 
 from . import config, exceptions
-from .blobs import BlobStore, EntryName, require_secret
+from .blobs import BlobStore, EntryName, IntegrationWarning, require_secret
 
 ENTRIES = EntryName("redis_cache.triton", "RemoteCacheBackend")
 
@@ -83,10 +84,6 @@ def _refuse(reason: str) -> None:
     global _refusal_warned
     if not _refusal_warned:
         _refusal_warned = True
-        import warnings  # noqa: PLC0415 - only on this rare path
-
-        from .blobs import IntegrationWarning  # noqa: PLC0415
-
         warnings.warn(
             f"redis_cache (Triton): {reason}; the remote cache stores and returns nothing",
             IntegrationWarning,
