@@ -5,9 +5,9 @@ under a key it computed itself and unpickles or executes what it reads back. Thi
 module stores them through ``fcache``'s layers (disk, then Redis) with the guarantees
 those hosts need and nothing more:
 
-- one fixed callee per host and no isolation context, so every machine that computes
-  the same host key addresses the same entry (the host's key already hashes its build,
-  configuration and inputs);
+- one fixed callee per host (:func:`entry_name`) and no isolation context, so every
+  machine that computes the same host key addresses the same entry (the host's key
+  already hashes its build, configuration and inputs);
 - no memo: a compiled graph or a cubin is read once per compile and can be tens of
   MiB, so a private ``FastCache`` with ``memo_max_bytes=0`` keeps them from piling up;
 - signed entries only: the hosts refuse to start a store without ``REDIS_CACHE_SECRET``,
@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from . import config, exceptions
@@ -38,24 +38,22 @@ class IntegrationWarning(RuntimeWarning):
     """A compiler integration could not do its job and left the host as it was."""
 
 
-class EntryName:
-    """Names a family of entries for fcache's key: ``f"{__module__}.{__qualname__}"``.
+def entry_name(module: str, qualname: str) -> Callable[..., NoReturn]:
+    """A function that only names a family of entries: ``f"{module}.{qualname}"``.
 
-    fcache's ``get``/``insert`` only read a callable's module and qualified name; the
-    integrations have no function of their own to offer, so they name their entries
-    with this instead (``redis_cache.torch.remote_cache``, ...).
+    fcache keys an entry on its callable's module and qualified name and never calls
+    it for ``get``/``insert``. The integrations have no function of their own to offer,
+    so they name their entries with a plain function whose names are set here (a plain
+    function, because fcache's callee rules ask more of other callables).
     """
 
-    def __init__(self, module: str, qualname: str) -> None:
-        self.__module__ = module
-        self.__qualname__ = qualname
+    def entries(*args: object, **kwargs: object) -> NoReturn:
+        raise TypeError(f"{module}.{qualname} names cache entries; it cannot be called")
 
-    def __call__(self, *args: object, **kwargs: object) -> NoReturn:
-        # fcache's get/insert take a callable; this one only names, it computes nothing.
-        raise TypeError(f"{self!r} names cache entries; it cannot be called")
-
-    def __repr__(self) -> str:
-        return f"EntryName({self.__module__}.{self.__qualname__})"
+    entries.__module__ = module
+    entries.__qualname__ = qualname
+    entries.__name__ = qualname
+    return entries
 
 
 def require_secret(settings: config.Settings, host: str) -> None:
@@ -73,7 +71,7 @@ class BlobStore:
     """``get``/``put`` of bytes under string parts of a host key; fails open, never memoizes."""
 
     def __init__(
-        self, name: EntryName, settings: config.Settings | None = None, *, host: str
+        self, name: Callable[..., NoReturn], settings: config.Settings | None = None, *, host: str
     ) -> None:
         self.name = name
         self.host = host

@@ -37,7 +37,7 @@ from os import PathLike
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
 
 from . import config, exceptions
-from .blobs import EntryName
+from .blobs import entry_name
 from .context import IsolationSchema
 from .interfaces import FastCache
 
@@ -356,7 +356,7 @@ class PersistentMemoizer(Memoizer):
         super().__init__(sub_key=name, settings=settings)
         self.sub_dir = name
         self.ischema = ischema
-        self._entry_name = EntryName("redis_cache.memoizer", f"PersistentMemoizer[{name or ''}]")
+        self._entry_name = entry_name("redis_cache.memoizer", f"PersistentMemoizer[{name or ''}]")
         self._fcache: FastCache | None = None
         self._fcache_lock = threading.Lock()
 

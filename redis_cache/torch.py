@@ -38,7 +38,7 @@ from types import ModuleType
 from typing import Any
 
 from . import config, exceptions
-from .blobs import BlobStore, EntryName, IntegrationWarning, require_secret
+from .blobs import BlobStore, IntegrationWarning, entry_name, require_secret
 
 TARGET_MODULE = "torch._inductor.remote_cache"
 
@@ -53,7 +53,7 @@ CACHES: dict[str, tuple[str, str]] = {
 }
 
 # Every machine's entries match: one callee, torch's own key as the only parameter.
-ENTRIES = EntryName("redis_cache.torch", "remote_cache")
+ENTRIES = entry_name("redis_cache.torch", "remote_cache")
 
 _ABSENT = object()
 

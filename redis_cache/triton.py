@@ -32,9 +32,9 @@ import warnings
 from collections.abc import Sequence
 
 from . import config, exceptions
-from .blobs import BlobStore, EntryName, IntegrationWarning, require_secret
+from .blobs import BlobStore, IntegrationWarning, entry_name, require_secret
 
-ENTRIES = EntryName("redis_cache.triton", "RemoteCacheBackend")
+ENTRIES = entry_name("redis_cache.triton", "RemoteCacheBackend")
 
 _stores: dict[config.Settings, BlobStore] = {}
 _stores_lock = threading.Lock()
