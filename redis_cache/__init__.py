@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from . import config, context, exceptions, locks
+from . import config, context, encoders, exceptions, locks
 from .context import IsolationSchema, SelectedCompileContext, SelectedRuntimeContext
 from .exceptions import (
     CacheError,
@@ -47,6 +47,7 @@ from .exceptions import (
     ValueUnPicklingError,
 )
 from .interfaces import CacheInterface, DeterministicCache, FastCache, Hit
+from .memoizer import Memoizer, PersistentMemoizer
 from .stats import CacheStats
 
 # Quiet by default: applications opt in with logging.getLogger("redis_cache").
@@ -81,6 +82,8 @@ __all__ = [
     "KeyEncodingError",
     "KeyPicklingError",
     "LockTimeoutError",
+    "Memoizer",
+    "PersistentMemoizer",
     "RemoteError",
     "RemoteUnavailableError",
     "SelectedCompileContext",
@@ -99,6 +102,7 @@ __all__ = [
     "config",
     "context",
     "dcache",
+    "encoders",
     "exceptions",
     "fcache",
     "icache",

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from redis_cache import context
 from tests.support.servers import require_module
 
@@ -159,6 +161,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.torch
 def test_real_torch_settings_that_flip_between_calls_change_the_key() -> None:
     require_module("torch")
     report = run(REAL_TORCH)
