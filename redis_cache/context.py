@@ -9,6 +9,7 @@ itself and never with a torch build whose results could differ.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import sys
@@ -164,29 +165,33 @@ def _runtime_values(forms: tuple[str, ...]) -> dict[str, Any]:
 
 @cache
 def _torch_version_hash() -> str | None:
+    """The torch build: its version (with the local tag, +cpu or +cu121) and commit.
+
+    Inductor's ``torch_key()`` also hashes torch's sources, which catches local edits
+    to an installed torch, but it costs every fresh worker ~1.5 s (importing
+    ``torch._inductor.codecache`` and reading the sources) before its first hit.
+    Wheels of one version and commit are identical; a fleet that edits torch in
+    place uses a namespace per image.
+    """
     torch = _torch()
     if torch is None:
         return None
-    try:  # Inductor's own key hashes torch's sources: two builds of one version differ
-        from torch._inductor.codecache import torch_key  # noqa: PLC0415
-
-        return hashlib.sha256(torch_key()).hexdigest()
-    except Exception:  # older or stripped builds: the version string is the best we have
-        return hashlib.sha256(str(torch.__version__).encode()).hexdigest()
+    build = f"{torch.__version__}\0{getattr(torch.version, 'git_version', '')}"
+    return hashlib.sha256(build.encode()).hexdigest()
 
 
 @cache
 def _triton_version_hash() -> str | None:
+    """The installed Triton's version, from its metadata: importing it costs seconds."""
     if not _importable("triton"):
         return None
     try:
-        from torch._inductor.runtime.triton_compat import triton_key  # noqa: PLC0415
-
-        return hashlib.sha256(str(triton_key()).encode()).hexdigest()
-    except Exception:
+        version = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:  # a source checkout on sys.path
         import triton  # noqa: PLC0415
 
-        return hashlib.sha256(str(triton.__version__).encode()).hexdigest()
+        version = str(triton.__version__)
+    return hashlib.sha256(version.encode()).hexdigest()
 
 
 @cache

@@ -231,26 +231,6 @@ class CacheInterface:
         decode = custom_result_decoder
         return [None if e is None else Hit(_decoded(e, decode)) for e in entries]
 
-    # -- get_many: TEMPORARY (branch torch) ----------------------------------------------
-    # A plain loop over get() so that Triton's batched lookup (redis_cache.triton) has the
-    # call shape it needs now. The lead replaces this with a one-round-trip version; keep
-    # the signature and the result (one Hit or None per params, in order).
-    def get_many(
-        self,
-        fn: Fn,
-        params_list: list[Params],
-        ischema: context.IsolationSchema | None = None,
-        custom_params_encoder: Fn | None = None,
-        custom_result_decoder: Callable[[Any], Any] | None = None,
-    ) -> list[Hit | None]:
-        """One ``get`` per params, in order (a loop for now; one round trip later)."""
-        return [
-            self.get(fn, params, ischema, custom_params_encoder, custom_result_decoder)
-            for params in params_list
-        ]
-
-    # -- end of the temporary get_many -------------------------------------------------
-
     def insert(  # noqa: PLR0917 - the contract's signature
         self,
         fn: Callable[..., Any],
