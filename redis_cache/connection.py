@@ -128,7 +128,9 @@ class _BoundedBuffer(SocketBuffer):
             self._read_from_socket(timeout=float(timeout))  # a caller's shorter poll
             return
         if left > 0:
-            wait = left if self.socket_timeout is None else min(left, self.socket_timeout)
+            # Idle for a socket timeout at most, or what a retried dcache step has left.
+            idle = _capped(self.socket_timeout)
+            wait = left if idle is None else min(left, idle)
             try:
                 self._read_from_socket(timeout=wait)
                 return
@@ -256,7 +258,7 @@ class _PlainGuarded(_Guarded):
 
     @property
     def _probe(self) -> float:
-        return self.socket_connect_timeout or 1.0
+        return _capped(self.socket_connect_timeout or 1.0) or 1.0
 
 
 class _TLSGuarded(_PlainGuarded):

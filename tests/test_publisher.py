@@ -30,7 +30,10 @@ from tests.support.helpers import make_settings
 
 cache = FastCache(make_settings(Path(sys.argv[1]), url=sys.argv[2], namespace=sys.argv[3],
                                 stats_interval=0.05))
-kernel = cache.record()(lambda x: (x, "kernel"))
+def compile_kernel(x):
+    return (x, "kernel")
+
+kernel = cache.record()(compile_kernel)
 kernel(1)
 seen["before"] = sorted(t.name for t in threading.enumerate())
 pid = os.fork()
