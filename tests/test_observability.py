@@ -101,7 +101,22 @@ def test_hooks_hear_about_a_sick_remote(tmp_path: Path) -> None:
     assert errors[0].layer == "redis"
 
 
-def test_a_worker_registers_its_counters_with_prometheus(tmp_path: Path) -> None:
+@pytest.fixture
+def isolated_singletons(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The package's singletons on an empty disk directory, with no remote layer."""
+    for name in list(os.environ):
+        if name.startswith("REDIS_CACHE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("REDIS_CACHE_DIR", str(tmp_path / "singletons"))
+    redis_cache.fcache.close()
+    redis_cache.config.reset()
+    yield
+    redis_cache.fcache.close()
+    redis_cache.config.reset()
+
+
+@pytest.mark.usefixtures("isolated_singletons")
+def test_a_worker_registers_its_counters_with_prometheus() -> None:
     registry = prometheus_client.CollectorRegistry()
     metrics.register(registry)
     name = f"{__name__}.other"
