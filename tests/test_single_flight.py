@@ -93,16 +93,26 @@ def test_sixteen_processes_stampeding_one_key(
     print(f"\nstampede of 16: last waiter returned {last * 1000:.1f} ms after the writer did")
 
 
+def blocked_clients(server: RedisServer) -> int:
+    return int(server.client().info("clients")["blocked_clients"])
+
+
 def test_holder_killed_mid_compute_is_taken_over_once(
-    fleet_env: Path, monkeypatch: pytest.MonkeyPatch
+    fleet_env: Path, monkeypatch: pytest.MonkeyPatch, redis_server: RedisServer
 ) -> None:
     monkeypatch.setenv("REDIS_CACHE_LOCK_LEASE", "1.0")
     monkeypatch.setenv(DELAY_ENV, "60")  # the first attempt never finishes by itself
     out = SPAWN.Queue()
     holder = start("compile_slow_first", 1, out, role="holder")
     wait_for_lines(fleet_env, 1)
+    already_blocked = blocked_clients(redis_server)  # other tests' waiters, if any
     waiters = [start("compile_slow_first", 1, out, role="waiter") for _ in range(4)]
-    time.sleep(2.5)  # let the waiters start and block on the lock (the holder keeps renewing)
+    # The waiters block on the lock while the holder keeps renewing it; however long
+    # they take to start (a fresh process importing torch takes seconds), kill the
+    # holder only once all four are waiting, so each saw it hold the lock.
+    deadline = time.monotonic() + 60
+    while blocked_clients(redis_server) < already_blocked + 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
     os.kill(holder.pid, signal.SIGKILL)
     holder.join(10)
     reports = collect(out, 4)
