@@ -10,8 +10,9 @@ validated on first use.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Any
 
-from . import config, context, encoders, exceptions, locks
+from . import config, context, exceptions, locks
 from .context import IsolationSchema, SelectedCompileContext, SelectedRuntimeContext
 from .exceptions import (
     CacheError,
@@ -48,7 +49,6 @@ from .exceptions import (
     ValueUnPicklingError,
 )
 from .interfaces import CacheInterface, DeterministicCache, FastCache, Hit
-from .memoizer import Memoizer, PersistentMemoizer
 from .stats import CacheStats
 
 # Quiet by default: applications opt in with logging.getLogger("redis_cache").
@@ -57,6 +57,24 @@ logging.getLogger("redis_cache").addHandler(logging.NullHandler())
 fcache: FastCache = FastCache()
 dcache: DeterministicCache = DeterministicCache()
 icache: CacheInterface = dcache if config.deterministic_at_import() else fcache
+
+if TYPE_CHECKING:
+    from . import encoders
+    from .memoizer import Memoizer, PersistentMemoizer
+
+_LAZY = {"Memoizer": "memoizer", "PersistentMemoizer": "memoizer", "encoders": None}
+
+
+def __getattr__(name: str) -> Any:
+    """torch 2.13's memoizer API, imported on first use: most workers never touch it."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'redis_cache' has no attribute {name!r}")
+    import importlib  # noqa: PLC0415
+
+    module = _LAZY[name]
+    if module is None:
+        return importlib.import_module(f".{name}", __name__)
+    return getattr(importlib.import_module(f".{module}", __name__), name)
 
 __all__ = [
     "CacheError",

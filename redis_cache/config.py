@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import platformdirs
-
 from . import exceptions
 
 Determinism = Literal["local", "global"]
@@ -151,6 +149,8 @@ def _default(name: str) -> Any:
 def _default_dir() -> Path:
     """The per-user cache directory of the platform (XDG on Linux, ~/Library/Caches on
     macOS, %LOCALAPPDATA% on Windows)."""
+    import platformdirs  # noqa: PLC0415 - only when REDIS_CACHE_DIR is unset
+
     return Path(platformdirs.user_cache_dir("redis_cache", appauthor=False))
 
 

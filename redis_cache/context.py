@@ -8,10 +8,6 @@ itself and never with a torch build whose results could differ.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-import importlib.util
-import json
 import sys
 from collections.abc import Callable
 from functools import cache
@@ -54,6 +50,8 @@ COMPILE_FORMS = (
 @cache
 def _importable(name: str) -> bool:
     try:
+        import importlib.util  # noqa: PLC0415 - cheap `import redis_cache`
+
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
         return False
@@ -177,7 +175,7 @@ def _torch_version_hash() -> str | None:
     if torch is None:
         return None
     build = f"{torch.__version__}\0{getattr(torch.version, 'git_version', '')}"
-    return hashlib.sha256(build.encode()).hexdigest()
+    return _sha256(build.encode())
 
 
 @cache
@@ -185,13 +183,15 @@ def _triton_version_hash() -> str | None:
     """The installed Triton's version, from its metadata: importing it costs seconds."""
     if not _importable("triton"):
         return None
+    import importlib.metadata  # noqa: PLC0415 - 20 ms to import: only with triton
+
     try:
         version = importlib.metadata.version("triton")
     except importlib.metadata.PackageNotFoundError:  # a source checkout on sys.path
         import triton  # noqa: PLC0415
 
         version = str(triton.__version__)
-    return hashlib.sha256(version.encode()).hexdigest()
+    return _sha256(version.encode())
 
 
 @cache
@@ -260,8 +260,16 @@ def _context(runtime_values: dict[str, Any], compile_: tuple[str, ...]) -> dict[
 
 
 def _digest(context: dict[str, Any]) -> str:
+    import json  # noqa: PLC0415 - cheap `import redis_cache`
+
     text = json.dumps(context, sort_keys=True, default=repr)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    return _sha256(text.encode())[:32]
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib  # noqa: PLC0415 - cheap `import redis_cache`
+
+    return hashlib.sha256(data).hexdigest()
 
 
 def isolation_key(ischema: IsolationSchema | None = None) -> str:

@@ -24,18 +24,20 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from . import config, context, exceptions, forksafe, keys, locks
-from .codec import MAX_RAW_LENGTH
+from . import context, exceptions, forksafe
 from .fastkeys import fast_key, indexable
-from .flight import Computed, Landed
 from .hooks import Event, emit
 from .hooks import active as _hooks
 from .layers.base import EntryKey, Layer, Outcome, Space
-from .layers.memo import MemoEntry
-from .runtime import Runtime
 from .stats import CacheStats, StatsRecorder
+
+if TYPE_CHECKING:  # imported on first use: `import redis_cache` stays cheap (~10 ms)
+    from . import config, keys
+    from .flight import Landed
+    from .layers.memo import MemoEntry
+    from .runtime import Runtime
 
 logger = logging.getLogger("redis_cache")
 
@@ -92,13 +94,20 @@ class CacheInterface:
         # The index of each function's default calls (no schema, no params encoder),
         # by id(fn): shared by its record wrapper, get and insert.
         self._by_fn: dict[int, _FastIndex] = {}
-        self._default_keyer = context.IsolationKeyer(None)
+        self._default_keyer_: context.IsolationKeyer | None = None
         self._dump_registered = False
         forksafe.register(self)
 
     @property
     def name(self) -> str:
         return self.space
+
+    def _default_keyer(self) -> context.IsolationKeyer:
+        """The default schema's keyer, built on first use (it looks for torch)."""
+        keyer = self._default_keyer_
+        if keyer is None:
+            keyer = self._default_keyer_ = context.IsolationKeyer(None)
+        return keyer
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -108,6 +117,9 @@ class CacheInterface:
             with self._runtime_lock:
                 runtime = self._runtime_
                 if runtime is None:
+                    from . import config  # noqa: PLC0415
+                    from .runtime import Runtime  # noqa: PLC0415
+
                     settings = self._explicit_settings or config.current()
                     runtime = Runtime(settings, self.space, self._stats)
                     if settings.dump_at_exit is not None and not self._dump_registered:
@@ -157,12 +169,16 @@ class CacheInterface:
         ``timeout``: ``None`` waits ``REDIS_CACHE_LOCK_TIMEOUT``, ``-1`` forever, ``0``
         not at all; raises :class:`LockTimeoutError` when it cannot be had in time.
         """
+        from . import locks  # noqa: PLC0415
+
         return locks.acquire_thread_lock(self._lock, timeout, default=self._lock_default())
 
     def _lock_default(self) -> float:
         try:
             return self._runtime().settings.lock_timeout
         except exceptions.CacheError:
+            from . import locks  # noqa: PLC0415
+
             return locks.DEFAULT_TIMEOUT
 
     def stats(self) -> CacheStats:
@@ -188,7 +204,7 @@ class CacheInterface:
             return None
         index = fk = ik = None
         if ischema is None and custom_params_encoder is None:
-            keyer = self._default_keyer
+            keyer = self._default_keyer()
             fingerprint = keyer.fingerprint() if keyer.varies else None
             isolation = keyer.key(fingerprint)  # one reading of the settings per call
             index = self._shared_index(fn)
@@ -203,7 +219,7 @@ class CacheInterface:
                     return Hit(_decoded(entry, custom_result_decoder))
         else:
             isolation = context.isolation_key(ischema)
-        callee = keys.callee_of(fn, has_params_encoder=custom_params_encoder is not None)
+        callee = _callee(fn, custom_params_encoder)
         key = self._key(fn, callee, params, isolation, custom_params_encoder)
         entry = self._lookup(runtime, key)
         if entry is None:
@@ -224,7 +240,7 @@ class CacheInterface:
         runtime = self._runtime()
         if not runtime.settings.enabled:
             return [None] * len(many)
-        callee = keys.callee_of(fn, has_params_encoder=custom_params_encoder is not None)
+        callee = _callee(fn, custom_params_encoder)
         isolation = context.isolation_key(ischema)
         entry_keys = [self._key(fn, callee, p, isolation, custom_params_encoder) for p in many]
         entries = self._lookup_many(runtime, entry_keys)
@@ -253,12 +269,14 @@ class CacheInterface:
                 f"REDIS_CACHE_STRICT={runtime.policy.strict} forbids inserts"
             )
         default = ischema is None and custom_params_encoder is None
-        keyer = self._default_keyer
+        keyer = self._default_keyer()
         fingerprint = keyer.fingerprint() if default and keyer.varies else None
         isolation = keyer.key(fingerprint) if default else context.isolation_key(ischema)
-        callee = keys.callee_of(fn, has_params_encoder=custom_params_encoder is not None)
+        callee = _callee(fn, custom_params_encoder)
         key = self._key(fn, callee, params, isolation, custom_params_encoder)
         stored = custom_result_encoder(result) if custom_result_encoder else result
+        from .flight import Computed  # noqa: PLC0415
+
         computed = Computed(stored, self._encode(runtime, key, stored))
         landed = runtime.policy.flight.insert(key, computed)
         if landed.outcome is Outcome.EXISTED:
@@ -298,7 +316,7 @@ class CacheInterface:
         def decorator(fn: Callable[P, R]) -> Callable[P, R]:
             # Identity errors (async, unencodable bound state) and the __main__ warning
             # come here, at decoration, and the name is computed once.
-            callee = keys.callee_of(fn, has_params_encoder=custom_params_encoder is not None)
+            callee = _callee(fn, custom_params_encoder)
             return self._wrap(
                 fn, callee, ischema, custom_params_encoder, custom_result_encoder,
                 custom_result_decoder,
@@ -314,7 +332,7 @@ class CacheInterface:
         custom_params_encoder: Callable[..., Any] | None = None,
     ) -> EntryKey:
         """The entry a call would use (where it lives in each layer), for tools and tests."""
-        callee = keys.callee_of(fn, has_params_encoder=custom_params_encoder is not None)
+        callee = _callee(fn, custom_params_encoder)
         return self._key(fn, callee, params, context.isolation_key(ischema),
                          custom_params_encoder)  # fmt: skip
 
@@ -425,7 +443,7 @@ class CacheInterface:
             # Each interface has a key space of its own: dcache must never adopt an
             # fcache entry (raced, possibly carrying a TTL that lets Redis evict it).
             space = f"{self.space}/{isolation}"
-            digest = keys.entry_digest(callee.name, space, callee.payload(payload))
+            digest = _entry_digest(callee.name, space, callee.payload(payload))
         except exceptions.KeyEncodingError as exc:
             raise exceptions.CustomParamsEncoderRequiredError(fn, str(exc)) from exc
         return EntryKey(callee.name, digest, self.space)
@@ -435,6 +453,7 @@ class CacheInterface:
         if entry is not None:
             self._count(key.callee, "memo")
             return entry
+        runtime.touch()
         policy = runtime.policy
         for index, layer in enumerate(policy.reads):
             try:
@@ -546,6 +565,8 @@ class CacheInterface:
     def _compute(
         self, runtime: Runtime, key: EntryKey, call: Callable[[], Any], encode: Encoder | None
     ) -> MemoEntry:
+        from .flight import Computed  # noqa: PLC0415
+
         def compute() -> Computed:
             started = time.perf_counter()
             result = call()
@@ -564,6 +585,8 @@ class CacheInterface:
         """Memoize the value every caller of this process returns."""
         computed = landed.computed
         if computed is not None and (landed.ours or landed.blob is None):
+            from .codec import MAX_RAW_LENGTH  # noqa: PLC0415
+
             size = len(computed.blob) if computed.blob is not None else MAX_RAW_LENGTH + 1
             return runtime.remember(key, computed.value, size)
         assert landed.blob is not None
@@ -574,6 +597,18 @@ class CacheInterface:
                 raise exceptions.CorruptEntryError(f"entry {key.callee}/{key.digest} is unusable")
             return runtime.remember(key, computed.value, len(landed.blob))
         return runtime.remember(key, value, len(landed.blob))
+
+
+def _callee(fn: Callable[..., Any], params_encoder: Callable[..., Any] | None) -> keys.Callee:
+    from . import keys  # noqa: PLC0415 - on first use: `import redis_cache` stays cheap
+
+    return keys.callee_of(fn, has_params_encoder=params_encoder is not None)
+
+
+def _entry_digest(callee: str, space: str, payload: object) -> str:
+    from . import keys  # noqa: PLC0415
+
+    return keys.entry_digest(callee, space, payload)
 
 
 def _decoded(entry: MemoEntry, decode: Encoder | None) -> Any:

@@ -13,10 +13,12 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import filelock
+from typing import TYPE_CHECKING
 
 from . import exceptions
+
+if TYPE_CHECKING:
+    import filelock
 
 BLOCKING = -1.0
 NON_BLOCKING = 0.0
@@ -50,6 +52,8 @@ def acquire_thread_lock(
 def file_lock(path: Path) -> filelock.FileLock:
     """A fresh per-call lock object: one open file each, so threads exclude each other too."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    import filelock  # noqa: PLC0415 - 30 ms to import: only file locks pay for it
+
     return filelock.FileLock(str(path), thread_local=False, is_singleton=False)
 
 
@@ -67,9 +71,15 @@ def acquire_file_lock(
             poll_interval=FILE_LOCK_POLL_INTERVAL,
             blocking=wait != NON_BLOCKING,
         )
-    except filelock.Timeout as exc:
+    except _timeout() as exc:
         raise exceptions.FileLockTimeoutError(flock.lock_file, wait) from exc
     try:
         yield
     finally:
         flock.release()
+
+
+def _timeout() -> type[Exception]:
+    import filelock  # noqa: PLC0415
+
+    return filelock.Timeout

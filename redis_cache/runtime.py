@@ -35,6 +35,8 @@ logger = logging.getLogger("redis_cache")
 
 # How long close() and process exit wait for queued disk backfills.
 BACKFILL_FLUSH_SECONDS = 5.0
+# Backfills are written once the process has made no cache call for this long.
+IDLE_SECONDS = 0.005
 UNBOUNDED = 1 << 62
 
 
@@ -87,6 +89,10 @@ class Runtime:
     def backfill(self, layer: Layer[bytes], key: EntryKey, blob: bytes) -> None:
         """Copy an entry into ``layer`` off the caller's path: a remote hit costs one trip."""
         self._backfiller.put(layer, key, blob)
+
+    def touch(self) -> None:
+        """A lookup is running (backfills wait until the process idles)."""
+        self._backfiller.active = time.monotonic()
 
     def note_bad_entry(
         self, layer: Layer[Any], key: EntryKey, exc: exceptions.ValueDecodingError
@@ -207,7 +213,13 @@ class Runtime:
 
 
 class Backfiller:
-    """A daemon thread copying entries into lower layers; started lazily, stopped by close."""
+    """A daemon thread copying entries into lower layers; started lazily, stopped by close.
+
+    It writes only while the process has made no cache call for ``IDLE_SECONDS``:
+    writing a file holds the GIL for ~40 µs, and a burst of remote hits (a worker
+    loading its entries) would pay it on every next call. A compile worker is idle
+    between calls; the queue is written then, or at ``close()`` and exit.
+    """
 
     def __init__(self) -> None:
         self._queue: queue.Queue[tuple[Layer[bytes], EntryKey, bytes] | None] = queue.Queue(
@@ -217,6 +229,12 @@ class Backfiller:
         self._lock = threading.Lock()
         self._closed = False
         self._pid = os.getpid()
+        self.active = 0.0  # monotonic time of the last cache call (see touch)
+        self._draining = False
+
+    def touch(self) -> None:
+        """A cache call is running: hold the writes back until the process idles."""
+        self.active = time.monotonic()
 
     def put(self, layer: Layer[bytes], key: EntryKey, blob: bytes) -> None:
         if self._thread is None:
@@ -240,6 +258,7 @@ class Backfiller:
             try:
                 if item is None:
                     return
+                self._wait_for_idle()
                 layer, key, blob = item
                 layer.insert(key, blob)  # fail-open layers never raise a storage error
             except Exception:
@@ -247,13 +266,24 @@ class Backfiller:
             finally:
                 self._queue.task_done()
 
+    def _wait_for_idle(self) -> None:
+        while not self._draining:
+            busy = self.active + IDLE_SECONDS - time.monotonic()
+            if busy <= 0:
+                return
+            time.sleep(busy)
+
     def flush(self, timeout: float) -> None:
-        """Wait (bounded) until queued backfills are written."""
+        """Write what is queued now, idle or not (bounded by ``timeout``)."""
         if self._thread is None or os.getpid() != self._pid:
             return
-        deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks and time.monotonic() < deadline:
-            time.sleep(0.005)
+        self._draining = True
+        try:
+            deadline = time.monotonic() + timeout
+            while self._queue.unfinished_tasks and time.monotonic() < deadline:
+                time.sleep(0.005)
+        finally:
+            self._draining = False
 
     def close(self, timeout: float) -> None:
         """Flush, then stop the thread: a closed runtime leaves no thread behind."""

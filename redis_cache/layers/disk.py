@@ -70,8 +70,10 @@ _TOUCH_BY_FD = os.utime in os.supports_fd
 
 
 @functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=4096)
 def callee_dir(callee: str) -> str:
-    """The directory name of a callee: percent-quoted, cut to a safe length."""
+    """The directory name of a callee: percent-quoted, cut to a safe length (cached: a
+    process names few callees, and quoting one costs more than the lookup it names)."""
     quoted = urllib.parse.quote(callee, safe="._-") or "%00"
     if len(quoted) <= MAX_CALLEE_DIR:
         return quoted
@@ -144,8 +146,8 @@ class DiskLayer(Layer[bytes]):
         :class:`CorruptEntryError` if what is at its path is not a regular file.
         """
         path = self.path(key)
-        if not os.access(path, os.R_OK) and not self._is_a_file(key, path):
-            return None  # the common miss costs one access() when nothing is there
+        if not self._is_a_file(key, path):
+            return None  # the common miss costs one lstat()
         try:
             fd = os.open(path, _READ_FLAGS)
         except (FileNotFoundError, NotADirectoryError):  # removed since the check
@@ -168,7 +170,7 @@ class DiskLayer(Layer[bytes]):
             os.close(fd)
 
     def _is_a_file(self, key: EntryKey, path: str) -> bool:
-        """After a failed access(): a regular file is there (unreadable, or just written).
+        """Whether a regular file is there (readable or not: open() tells).
 
         ``False`` when nothing is; :class:`CorruptEntryError` for anything else.
         """
