@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from redis_cache import codec, exceptions
+from redis_cache import values as exact_values
 from redis_cache.codec import Codec, read_header
 
 SECRET = b"test-secret-0123456789abcdef"
@@ -247,8 +248,8 @@ def test_wire_form_of_containers() -> None:
     assert msgpack.unpackb(raw[21:]) == [
         [TUPLE_MARK, 1, "a"],
         [SET_MARK, 2],
-        [msgpack.ExtType(codec.EXT_FROZENSET, b""), 3],
-        msgpack.ExtType(codec.EXT_BIGINT, b"\x01" + bytes(8)),
+        [msgpack.ExtType(exact_values.EXT_FROZENSET, b""), 3],
+        msgpack.ExtType(exact_values.EXT_BIGINT, b"\x01" + bytes(8)),
     ]
 
 
@@ -619,8 +620,8 @@ def test_bad_headers(blob: bytes, reason: str) -> None:
         PLAIN.decode(KEY, blob)
 
 
-TUPLE_MARK = msgpack.ExtType(codec.EXT_TUPLE, b"")
-SET_MARK = msgpack.ExtType(codec.EXT_SET, b"")
+TUPLE_MARK = msgpack.ExtType(exact_values.EXT_TUPLE, b"")
+SET_MARK = msgpack.ExtType(exact_values.EXT_SET, b"")
 
 
 def test_msgpack_garbage_with_valid_checksum() -> None:
@@ -790,7 +791,7 @@ def test_an_unsigned_entry_of_empty_containers_is_refused_while_decoding() -> No
     blob = envelope(codec.CODEC_MSGPACK, empty_maps())
     peak, error = peak_memory(lambda: PLAIN.decode(KEY, blob))
     assert isinstance(error, exceptions.CorruptEntryError), error
-    limit = codec.UNSIGNED_MAX_EXPANSION * len(empty_maps()) + codec.UNSIGNED_EXPANSION_ALLOWANCE
+    limit = exact_values.expansion_budget(len(empty_maps()))
     assert peak < limit + (16 << 20)  # about the budget, not 72 bytes per stored byte
     # Declared lengths are capped before msgpack allocates the container.
     huge = envelope(codec.CODEC_MSGPACK, b"\xdd\x7f\xff\xff\xff" + b"\xc0" * 64)
