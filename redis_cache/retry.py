@@ -7,7 +7,7 @@ compile still rides out a Sentinel failover that starts then.
 
 An attempt is not started when, lasting as long as the one before it, it would
 end past the deadline, no backoff sleeps past it, and while a retried step runs
-:func:`time_left` says how long it may still block (``connection._Deadlined``
+:func:`time_left` says how long it may still block (``wire._Deadlined``
 cuts each connect, handshake and read there): giving up never waits a further
 socket timeout past the deadline. Errors that retrying cannot fix
 (``RemoteError.transient`` false: authentication, TLS, permissions) fail at once.

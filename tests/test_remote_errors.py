@@ -20,11 +20,12 @@ from typing import Any
 import pytest
 import redis
 
-from redis_cache import connection, exceptions
-from redis_cache.connection import BoundedParser, build_client
+from redis_cache import connection, exceptions, wire
+from redis_cache.connection import build_client
 from redis_cache.interfaces import FastCache
 from redis_cache.layers.base import EntryKey
 from redis_cache.layers.redis import RedisLayer
+from redis_cache.wire import BoundedParser
 from tests.support.helpers import checkout, make_settings
 from tests.support.servers import (
     RedisClusterHandle,
@@ -234,7 +235,7 @@ def test_every_topology_reads_with_the_bounded_parser(
         for node in nodes:
             parser = live_parser(node)
             assert isinstance(parser, BoundedParser), type(parser)
-            assert parser.limits.reply_bytes == 64 * 1024 * 1024 + connection.REPLY_HEADROOM_BYTES
+            assert parser.limits.reply_bytes == 64 * 1024 * 1024 + wire.REPLY_HEADROOM_BYTES
         assert len(nodes) == (3 if topology == "cluster" else 1)
     finally:
         client.close()

@@ -20,15 +20,10 @@ import redis.exceptions
 
 from .. import exceptions
 from ..config import Settings
-from ..connection import (
-    ClientProvider,
-    ReplyTooLargeError,
-    TLSMismatchError,
-    is_cluster,
-    node_client_for_key,
-)
+from ..connection import ClientProvider, is_cluster, node_client_for_key
 from ..exceptions import RemoteError
 from ..lease import RENEWER, EntryKeys, Lease
+from ..wire import ReplyTooLargeError, TLSMismatchError
 from .base import EntryKey, Layer, Outcome
 
 logger = logging.getLogger("redis_cache.redis")
