@@ -34,7 +34,7 @@ from .layers.base import EntryKey, Layer, Outcome, Space
 from .stats import CacheStats, StatsRecorder
 
 if TYPE_CHECKING:  # imported on first use: `import redis_cache` stays cheap (~10 ms)
-    from . import config, keys
+    from . import callees, config
     from .flight import Landed
     from .layers.memo import MemoEntry
     from .runtime import Runtime
@@ -341,7 +341,7 @@ class CacheInterface:
     def _wrap(  # noqa: PLR0917
         self,
         fn: Callable[P, R],
-        callee: keys.Callee,
+        callee: callees.Callee,
         ischema: context.IsolationSchema | None,
         params_encoder: Callable[..., Any] | None,
         encode: Encoder | None,
@@ -429,7 +429,7 @@ class CacheInterface:
     def _key(
         self,
         fn: Callable[..., Any],
-        callee: keys.Callee,
+        callee: callees.Callee,
         params: Params,
         isolation: str,
         params_encoder: Callable[..., Any] | None,
@@ -438,7 +438,7 @@ class CacheInterface:
         payload = params_encoder(*args, **kwargs) if params_encoder else (tuple(args), kwargs)
         return self._key_of(fn, callee, isolation, payload)
 
-    def _key_of(self, fn: Any, callee: keys.Callee, isolation: str, payload: Any) -> EntryKey:
+    def _key_of(self, fn: Any, callee: callees.Callee, isolation: str, payload: Any) -> EntryKey:
         try:
             # Each interface has a key space of its own: dcache must never adopt an
             # fcache entry (raced, possibly carrying a TTL that lets Redis evict it).
@@ -599,10 +599,10 @@ class CacheInterface:
         return runtime.remember(key, value, len(landed.blob))
 
 
-def _callee(fn: Callable[..., Any], params_encoder: Callable[..., Any] | None) -> keys.Callee:
-    from . import keys  # noqa: PLC0415 - on first use: `import redis_cache` stays cheap
+def _callee(fn: Callable[..., Any], params_encoder: Callable[..., Any] | None) -> callees.Callee:
+    from . import callees  # noqa: PLC0415 - on first use: `import redis_cache` stays cheap
 
-    return keys.callee_of(fn, has_params_encoder=params_encoder is not None)
+    return callees.callee_of(fn, has_params_encoder=params_encoder is not None)
 
 
 def _entry_digest(callee: str, space: str, payload: object) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from redis_cache import exceptions, keys
+from redis_cache import callees, exceptions, keys
 from redis_cache.interfaces import FastCache
 from tests.support.helpers import make_settings
 from tests.support.servers import RedisServer
@@ -95,8 +95,8 @@ def test_a_partial_never_shares_a_key_with_a_plain_call(cache: FastCache) -> Non
     assert cache.insert(mul, ((10, 3), {}), ("plain", 0))
     assert cache.get(functools.partial(mul, 10), ((3,), {})) is None
     # Not even when a params encoder returns what the partial's payload looks like.
-    partial = keys.callee_of(functools.partial(mul, 10), has_params_encoder=False)
-    plain = keys.callee_of(mul, has_params_encoder=True)
+    partial = callees.callee_of(functools.partial(mul, 10), has_params_encoder=False)
+    plain = callees.callee_of(mul, has_params_encoder=True)
     params = ((3,), {})
     forged = (partial.bound, params)
     assert keys.entry_digest(partial.name, "i", partial.payload(params)) != keys.entry_digest(
@@ -161,8 +161,8 @@ def cached_square(x: int) -> int:
 
 
 def test_decorator_objects_are_the_function_they_wrap(cache: FastCache) -> None:
-    callee = keys.callee_of(cached_square, has_params_encoder=False)
-    assert callee == keys.Callee(f"{__name__}.cached_square", None)
+    callee = callees.callee_of(cached_square, has_params_encoder=False)
+    assert callee == callees.Callee(f"{__name__}.cached_square", None)
     assert cache.record()(cached_square)(3) == 9
 
 
@@ -177,8 +177,8 @@ def test_nested_functions_are_keyed_by_their_qualified_name() -> None:
     def inner(x: int) -> int:
         return x
 
-    callee = keys.callee_of(inner, has_params_encoder=False)
-    assert callee == keys.Callee(f"{__name__}.{inner.__qualname__}", None)
+    callee = callees.callee_of(inner, has_params_encoder=False)
+    assert callee == callees.Callee(f"{__name__}.{inner.__qualname__}", None)
     assert "<locals>" in callee.name
 
 
@@ -223,13 +223,13 @@ def main_function(name: str) -> Any:
 def test_mp_main_is_main_and_warns_once_per_function() -> None:
     fn = main_function("spawned_kernel")
     with pytest.warns(exceptions.MainModuleKeyWarning, match="notebook") as caught:
-        assert keys.callee_of(fn, has_params_encoder=False).name == "__main__.spawned_kernel"
+        assert callees.callee_of(fn, has_params_encoder=False).name == "__main__.spawned_kernel"
     assert caught[0].filename == __file__  # points at the caller, not at redis_cache
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        keys.callee_of(fn, has_params_encoder=False)  # once per function
+        callees.callee_of(fn, has_params_encoder=False)  # once per function
         # A params encoder is the documented way to key on the code: no warning.
-        keys.callee_of(main_function("versioned_kernel"), has_params_encoder=True)
+        callees.callee_of(main_function("versioned_kernel"), has_params_encoder=True)
     assert issubclass(exceptions.MainModuleKeyWarning, UserWarning)
 
 
