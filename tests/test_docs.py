@@ -38,9 +38,9 @@ ELSEWHERE = {
     "NoPermissionError": "redis.exceptions",
     "AuthenticationError": "redis.exceptions",
     "OutOfMemoryError": "redis.exceptions",
-    "ReplyTooLargeError": "redis_cache.connection",
-    "ReplyTimeoutError": "redis_cache.connection",
-    "TLSMismatchError": "redis_cache.connection",
+    "ReplyTooLargeError": "redis_cache.wire",
+    "ReplyTimeoutError": "redis_cache.wire",
+    "TLSMismatchError": "redis_cache.wire",
 }
 
 
