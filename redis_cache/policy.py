@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING
 from . import exceptions
 from .breaker import CircuitBreaker
 from .config import Settings
-from .flight import FailOpenFlight, FileFlight, Flight, LeaseFlight, NoFlight, Writes
+from .flight import FailOpenFlight, FileFlight, Flight, NoFlight, Writes
 from .layers.base import Layer, Space
 from .layers.guards import FailOpen, Retrying
+from .lease_flight import LeaseFlight
 from .retry import Retrier
 from .stats import StatsRecorder
 

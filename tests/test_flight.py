@@ -23,7 +23,6 @@ from redis_cache.flight import (
     FailOpenFlight,
     FileFlight,
     Landed,
-    LeaseFlight,
     NoFlight,
     Writes,
 )
@@ -31,6 +30,7 @@ from redis_cache.layers import DiskLayer, EntryKey, Layer, Outcome
 from redis_cache.layers.guards import FailOpen
 from redis_cache.layers.redis import RedisLayer
 from redis_cache.lease import Acquired, CommitResult, Lease, Renewer
+from redis_cache.lease_flight import LeaseFlight
 from redis_cache.retry import Retrier
 from redis_cache.runtime import Runtime
 from redis_cache.stats import StatsRecorder

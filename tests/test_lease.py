@@ -2,7 +2,7 @@
 
 The first half runs the Lua scripts on fakeredis (through lupa); the second half
 needs real redis-server processes from the ``redis_server`` / ``redis_cluster``
-fixtures. The blocking loop built from these steps is ``flight.LeaseFlight``
+fixtures. The blocking loop built from these steps is ``lease_flight.LeaseFlight``
 (tests/test_flight.py). No assertion is on wall-clock time: waits are bounded,
 and the renewer's clock is injected where its timing is what is tested.
 """
