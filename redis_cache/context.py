@@ -155,7 +155,7 @@ def _runtime_values(forms: tuple[str, ...]) -> dict[str, Any]:
     keyer = IsolationKeyer(schema)
     if not keyer.varies:
         return dict.fromkeys(forms)
-    return _form_values(forms, keyer.fingerprint())
+    return keyer.values(keyer.fingerprint())
 
 
 # Compile forms: process-static, computed once.
@@ -305,6 +305,7 @@ class IsolationKeyer:
         self.varies = bool(self._runtime) and _importable("torch")
         self._read: Callable[[], tuple[Any, ...]] | None = None
         self._refresh: Callable[[], object] | None = None
+        self._positions: tuple[int, ...] = ()
         self._static: str | None = None
         self._keys: dict[Any, str] = {}
 
@@ -319,13 +320,11 @@ class IsolationKeyer:
         if "torch_determinism_configs" in selected:
             determinism = _determinism_slots(torch)
         matmul = _matmul_slots(torch) if "cuda_matmul_precision_configs" in selected else unused
-        a, b, c, d, e, f, g, h = (*inductor, *determinism, *matmul)
-
-        def read() -> tuple[Any, ...]:
-            return (a(), b(), c(), d(), e(), f(), g(), h())  # ~3x faster than a map
-
-        self._read = read
-        return read
+        slots = (*inductor, *determinism, *matmul)
+        # Only slots that can change are read (a CPU build has no cuBLAS flags to read).
+        self._positions = tuple(i for i, g in enumerate(slots) if g not in (_none, _false))
+        self._read = _caller(tuple(slots[i] for i in self._positions))
+        return self._read
 
     def fingerprint(self) -> Any:
         """What the runtime forms are now, as raw values (``None`` when nothing varies)."""
@@ -333,10 +332,17 @@ class IsolationKeyer:
             return None
         read = self._read or self._prepare()
         raw = read()
-        if raw[0] and self._refresh is not None:  # Inductor settings changed: re-digest
+        if self._refresh is not None and raw[0]:  # Inductor settings changed: re-digest
             self._refresh()
             raw = read()
         return raw
+
+    def values(self, raw: tuple[Any, ...]) -> dict[str, Any]:
+        """The selected runtime forms' JSON values from a fingerprint."""
+        slots: list[Any] = [False, None] + [None] * 6
+        for position, value in zip(self._positions, raw, strict=True):
+            slots[position] = value
+        return _form_values(self._runtime, tuple(slots))
 
     def __call__(self) -> str:
         return self.key(self.fingerprint())
@@ -349,11 +355,25 @@ class IsolationKeyer:
             return self._static
         key = self._keys.get(raw)
         if key is None:
-            key = _digest(_context(_form_values(self._runtime, raw), self._compile))
+            key = _digest(_context(self.values(raw), self._compile))
             if len(self._keys) >= _FINGERPRINTS_MAX:
                 self._keys.clear()
             self._keys[raw] = key
         return key
+
+
+def _caller(getters: Slots) -> Callable[[], tuple[Any, ...]]:
+    """One function calling every getter: a tuple of direct calls is ~3x a map over them."""
+    match getters:
+        case (a, b, c, d, e):  # a CPU build: Inductor's digest, three determinism flags
+            return lambda: (a(), b(), c(), d(), e())
+        case (a, b, c, d, e, f, g, h):  # with CUDA or ROCm: the cuBLAS flags too
+            return lambda: (a(), b(), c(), d(), e(), f(), g(), h())
+        case (a, b):
+            return lambda: (a(), b())
+        case (a, b, c):
+            return lambda: (a(), b(), c())
+    return lambda: tuple([get() for get in getters])
 
 
 _FINGERPRINTS_MAX = 1024

@@ -15,19 +15,17 @@ data, in :mod:`redis_cache.policy`)::
 from __future__ import annotations
 
 import atexit
-import functools
 import logging
 import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from . import context, exceptions, forksafe
-from .fastkeys import fast_key, indexable
+from . import context, exceptions, forksafe, recorder
+from .fastkeys import fast_key
 from .hooks import Event, emit
 from .hooks import active as _hooks
 from .layers.base import EntryKey, Layer, Outcome, Space
@@ -57,28 +55,6 @@ class Hit(Generic[T]):
     value: T
 
 
-class _FastIndex:
-    """One function's index on raw arguments (see :mod:`redis_cache.fastkeys`).
-
-    Weak-referenceable, so that ``close()`` reaches every index without keeping one
-    alive. ``get`` and ``insert`` share the index of a recorded function.
-    """
-
-    __slots__ = ("__weakref__", "entries", "fn")
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.entries: dict[Any, MemoEntry] = {}
-        self.fn = weakref.ref(fn) if _weakrefable(fn) else None
-
-
-def _weakrefable(obj: object) -> bool:
-    try:
-        weakref.ref(obj)
-    except TypeError:
-        return False
-    return True
-
-
 class CacheInterface:
     """One interface (fcache or dcache): its settings, its runtime, its counters."""
 
@@ -90,10 +66,7 @@ class CacheInterface:
         self._runtime_lock = threading.Lock()
         self._lock = threading.Lock()
         self._stats = StatsRecorder()
-        self._indexes: weakref.WeakSet[_FastIndex] = weakref.WeakSet()
-        # The index of each function's default calls (no schema, no params encoder),
-        # by id(fn): shared by its record wrapper, get and insert.
-        self._by_fn: dict[int, _FastIndex] = {}
+        self._fast = recorder.FastIndexes()  # record wrappers', get's and insert's
         self._default_keyer_: context.IsolationKeyer | None = None
         self._dump_registered = False
         forksafe.register(self)
@@ -145,8 +118,7 @@ class CacheInterface:
                     self._dump(runtime, runtime.settings.dump_at_exit)
             finally:
                 runtime.close()
-        for index in list(self._indexes):
-            index.entries.clear()
+        self._fast.clear()
 
     def _dump_at_exit(self) -> None:
         runtime = self._runtime_
@@ -207,7 +179,7 @@ class CacheInterface:
             keyer = self._default_keyer()
             fingerprint = keyer.fingerprint() if keyer.varies else None
             isolation = keyer.key(fingerprint)  # one reading of the settings per call
-            index = self._shared_index(fn)
+            index = self._fast.shared(fn)
             args, kwargs = params
             fk = fast_key(args if type(args) is tuple else tuple(args), kwargs)
             if fk is not None:
@@ -225,7 +197,7 @@ class CacheInterface:
         if entry is None:
             return None
         if index is not None and fk is not None:
-            self._index(runtime, index, entry, fk, ik, params)
+            recorder.index_entry(runtime, index, entry, fk, ik, params)
         return Hit(_decoded(entry, custom_result_decoder))
 
     def get_many(
@@ -288,7 +260,7 @@ class CacheInterface:
             fk = fast_key(args, kwargs)
             if fk is not None:
                 ik = fk if fingerprint is None else (fingerprint, fk)
-                self._index(runtime, self._shared_index(fn), entry, fk, ik, (args, kwargs))
+                recorder.index_entry(runtime, self._fast.shared(fn), entry, fk, ik, (args, kwargs))
         return landed.outcome is Outcome.WRITTEN
 
     def record(
@@ -317,8 +289,8 @@ class CacheInterface:
             # Identity errors (async, unencodable bound state) and the __main__ warning
             # come here, at decoration, and the name is computed once.
             callee = _callee(fn, custom_params_encoder)
-            return self._wrap(
-                fn, callee, ischema, custom_params_encoder, custom_result_encoder,
+            return recorder.wrap(
+                self, fn, callee, ischema, custom_params_encoder, custom_result_encoder,
                 custom_result_decoder,
             )  # fmt: skip
 
@@ -337,92 +309,6 @@ class CacheInterface:
                          custom_params_encoder)  # fmt: skip
 
     # -- the record wrapper -----------------------------------------------------------
-
-    def _wrap(  # noqa: PLR0917
-        self,
-        fn: Callable[P, R],
-        callee: callees.Callee,
-        ischema: context.IsolationSchema | None,
-        params_encoder: Callable[..., Any] | None,
-        encode: Encoder | None,
-        decode: Encoder | None,
-    ) -> Callable[P, R]:
-        keyer = context.IsolationKeyer(ischema)
-        varies = keyer.varies
-        if ischema is None and params_encoder is None:
-            index = self._shared_index(fn)
-        else:
-            index = _FastIndex(fn)
-            self._indexes.add(index)
-        entries = index.entries
-        counters = self._stats.callee(callee.name)
-        name = callee.name
-        space = self.space
-        hooks = _hooks
-
-        def slow(args: tuple[Any, ...], kwargs: dict[str, Any], payload: Any,
-                 probe: tuple[Any, Any, Any]) -> R:  # fmt: skip
-            runtime = self._runtime()
-            if not runtime.settings.enabled:
-                return fn(*args, **kwargs)
-            fk, ik, fingerprint = probe
-            # The key of the settings the fast index was asked about, read once per call.
-            key = self._key_of(fn, callee, keyer.key(fingerprint), payload)
-            entry = self._lookup(runtime, key)
-            if entry is None:
-                call = functools.partial(fn, *args, **kwargs)
-                entry = self._compute(runtime, key, call, encode)
-            if fk is not None:
-                keyed = (args, kwargs) if params_encoder is None else ((payload,), None)
-                self._index(runtime, index, entry, fk, ik, keyed)
-            value: R = entry.value if decode is None else decode(entry.value)
-            return value
-
-        @functools.wraps(fn)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            if params_encoder is None:
-                payload: Any = (args, kwargs)
-                fk = fast_key(args, kwargs)
-            else:  # the encoder may read state that changes (a target arch): key on its output
-                payload = params_encoder(*args, **kwargs)
-                fk = fast_key((payload,), None)
-            fingerprint = keyer.fingerprint() if varies else None
-            ik = fk if fingerprint is None else (fingerprint, fk)
-            if fk is not None:
-                entry = entries.get(ik)
-                if entry is not None:
-                    entry.used = True
-                    counters.memo_hits += 1
-                    if hooks:
-                        emit(Event("hit", space, name, "memo"))
-                    value: R = entry.value if decode is None else decode(entry.value)
-                    return value
-            return slow(args, kwargs, payload, (fk, ik, fingerprint))
-
-        wrapper.__redis_cache_index__ = index  # type: ignore[attr-defined] # kept alive with it
-        return wrapper
-
-    def _shared_index(self, fn: Callable[..., Any]) -> _FastIndex:
-        """The index of ``fn``'s default calls, shared by record, get and insert."""
-        index = self._by_fn.get(id(fn))
-        if index is not None and index.fn is not None and index.fn() is fn:
-            return index
-        index = _FastIndex(fn)
-        self._indexes.add(index)
-        if index.fn is not None:
-            by_fn, ident = self._by_fn, id(fn)
-            index.fn = weakref.ref(fn, lambda _: by_fn.pop(ident, None))
-            by_fn[ident] = index
-        return index
-
-    @staticmethod
-    def _index(  # noqa: PLR0917
-        runtime: Runtime, index: _FastIndex, entry: MemoEntry, fk: Any, ik: Any, params: Any
-    ) -> None:
-        """Reach ``entry`` from ``index`` under ``ik`` (``fk`` with any isolation), if exact."""
-        args, kwargs = params
-        if indexable(fk, tuple(args), kwargs):
-            runtime.memo.index(entry, index.entries, ik)
 
     # -- the shared steps ------------------------------------------------------------
 
