@@ -51,14 +51,13 @@ import pickle
 import struct
 import threading
 import typing
-import zlib
 from collections.abc import Callable
-from typing import Any, Final, Generic, Literal, NamedTuple, TypeVar
+from typing import Final, Generic, Literal, NamedTuple, TypeVar
 
 import xxhash
-import zstandard as _zstd
 
-from . import exceptions, values
+from . import compression, exceptions, values
+from .compression import FLAG_ZLIB, FLAG_ZSTD
 from .config import Compression
 
 __all__ = [
@@ -88,8 +87,6 @@ HEADER_SIZE: Final = 13  # magic, version, codec, flags, raw length
 CODEC_RAW: Final = 0
 CODEC_MSGPACK: Final = 1
 CODEC_PICKLE: Final = 2
-FLAG_ZLIB: Final = 0x01
-FLAG_ZSTD: Final = 0x02
 FLAG_SIGNED: Final = 0x04
 HMAC_TAG_SIZE: Final = 32
 CHECKSUM_TAG_SIZE: Final = 8
@@ -103,18 +100,6 @@ UNSIGNED_INFLATION_ALLOWANCE: Final = 64 * 1024  # small payloads are never refu
 _CODECS: Final = {CODEC_RAW: "raw", CODEC_MSGPACK: "msgpack", CODEC_PICKLE: "pickle"}
 _KNOWN_FLAGS: Final = FLAG_ZLIB | FLAG_ZSTD | FLAG_SIGNED
 _HEADER = struct.Struct(">2sBBBQ")
-
-# --- Compression policy ---
-# "auto" keeps a compressed payload only where reading it costs less than reading the
-# raw one would. zstd decompresses at ~2 GB/s, about what a 10 Gbit/s link or
-# loopback delivers, so a hit pays off only when the payload shrinks to a third or
-# less (JSON-like text: 1/5; shared objects and cubins: 1/2, kept raw; random data
-# fails fast, in 0.1 ms per MiB). Below 16 KiB the round trip dominates anyway.
-AUTO_MIN_SIZE: Final = 16 * 1024
-AUTO_MAX_RATIO: Final = 1 / 3
-MIN_SIZE: Final = 512  # "zlib"/"zstd" leave smaller payloads alone
-ZLIB_LEVEL: Final = 1  # fast: the network, not the ratio, is what we save on
-ZSTD_LEVEL: Final = 1  # 3-6x faster than zlib 1 both ways, and smaller
 
 # Above this size checksums run partly on a second thread (zlib and OpenSSL release
 # the GIL), overlapping with the copy or the other half instead of adding to it.
@@ -360,20 +345,10 @@ class Codec:
             raise exceptions.ValuePicklingError(value, f"{type(exc).__name__}: {exc}") from exc
 
     def _compress(self, raw: bytes) -> tuple[int, bytes]:
-        size = len(raw)
-        mode = self._compression
-        if mode == "off" or size < (AUTO_MIN_SIZE if mode == "auto" else MIN_SIZE):
+        packed = compression.compress(raw, self._compression)
+        if packed is None:
             return 0, raw
-        keep: float = size
-        if mode == "zlib":
-            packed, flag = zlib.compress(raw, ZLIB_LEVEL), FLAG_ZLIB
-        else:
-            packed, flag = _zstd_compressor().compress(raw), FLAG_ZSTD
-            if mode == "auto":
-                keep = size * AUTO_MAX_RATIO
-        if len(packed) < keep:
-            return flag, packed
-        return 0, raw
+        return (FLAG_ZSTD if packed.zstd else FLAG_ZLIB), packed.data
 
     def _tag(self, key_id: bytes, header: Buffer, payload: Buffer) -> bytes:
         if self._secret is not None:
@@ -469,7 +444,7 @@ class Codec:
                 f"unsigned entry inflates {len(payload)} stored bytes to {header.raw_length} "
                 f"(over {UNSIGNED_MAX_INFLATION} times)"
             )
-        raw = _decompress(header, payload)
+        raw = compression.decompress(header.flags, header.raw_length, payload)
         if len(raw) != header.raw_length:
             raise _corrupt(f"payload is {len(raw)} bytes, header says {header.raw_length}")
         return header, raw, copy
@@ -478,45 +453,3 @@ class Codec:
 def _inflates(raw_length: int, stored_length: int) -> bool:
     """Whether an unsigned msgpack payload inflates more than readers accept."""
     return raw_length > UNSIGNED_MAX_INFLATION * stored_length + UNSIGNED_INFLATION_ALLOWANCE
-
-
-_local = threading.local()  # zstd contexts are not thread-safe; building one costs ~µs
-
-
-def _zstd_compressor() -> Any:
-    compressor = getattr(_local, "compressor", None)
-    if compressor is None:
-        compressor = _local.compressor = _zstd.ZstdCompressor(level=ZSTD_LEVEL)
-    return compressor
-
-
-def _zstd_decompressor() -> Any:
-    decompressor = getattr(_local, "decompressor", None)
-    if decompressor is None:
-        decompressor = _local.decompressor = _zstd.ZstdDecompressor()
-    return decompressor
-
-
-def _decompress(header: Header, payload: memoryview) -> Buffer:
-    """The raw payload; never produces more than ``raw_length + 1`` bytes."""
-    limit = header.raw_length + 1
-    try:
-        if header.flags & FLAG_ZLIB:
-            inflater = zlib.decompressobj()
-            inflated = inflater.decompress(payload, limit)
-            if not inflater.eof or inflater.unused_data or inflater.unconsumed_tail:
-                raise _corrupt("zlib stream is truncated, too long, or has trailing data")
-            return inflated
-        if header.flags & FLAG_ZSTD:
-            # One frame whose header declares the raw length: one allocation, checked
-            # against ours before anything is allocated.
-            declared = _zstd.frame_content_size(payload)
-            if declared != header.raw_length:
-                raise _corrupt(f"zstd frame declares {declared} bytes, header {header.raw_length}")
-            out: bytes = _zstd_decompressor().decompress(payload, max_output_size=limit)
-            return out
-    except exceptions.CorruptEntryError:
-        raise
-    except Exception as exc:  # zlib.error, zstandard.ZstdError, MemoryError on garbage...
-        raise _corrupt(f"cannot decompress ({type(exc).__name__}: {exc})") from exc
-    return payload
