@@ -9,39 +9,37 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
-import json
 import os
-import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from . import config, exceptions
+from .cli_support import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Handler,
+    Progress,
+    Refused,
+    byte_size,
+    check_client_settings,
+    count,
+    disk_layer,
+    guarded,
+    human_bytes,
+    is_configuration_error,
+    print_json,
+    remote_layer,
+)
 
 if TYPE_CHECKING:
-    from .layers.disk import DiskLayer
     from .layers.redis import RedisLayer
     from .ops import NamespaceStats
     from .prune import DiskUsage, PruneReport
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-Handler = Callable[[argparse.Namespace], int]
-
-
-class Refused(Exception):
-    """An operation refused before it changed anything; carries its exit code."""
-
-    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.code = code
-
 
 def _demo(args: argparse.Namespace) -> int:
     from . import demo  # noqa: PLC0415 - keep `--help` fast
@@ -56,133 +54,6 @@ def _demo(args: argparse.Namespace) -> int:
     return demo.run(workers=args.workers, kernels=args.kernels, compile_seconds=args.seconds)
 
 
-# --------------------------------------------------------------------------- plumbing
-
-
-def _hidden() -> list[str]:
-    """Secrets of the current settings, to scrub from anything a server said."""
-    from .doctor import hidden_strings  # noqa: PLC0415
-
-    try:
-        return hidden_strings(config.load())
-    except exceptions.CacheError:
-        return []
-
-
-def _error(message: str) -> None:
-    from .doctor import scrub  # noqa: PLC0415
-
-    print(f"redis-cache: {scrub(message, _hidden())}", file=sys.stderr)
-
-
-def is_configuration_error(exc: BaseException) -> bool:
-    """A setting problem, however it surfaced: an invalid variable, or a URL the client
-    builder refused (``connection`` wraps that in ``RemoteUnavailableError``)."""
-    if isinstance(exc, exceptions.InvalidSettingError):
-        return True
-    from . import connection  # noqa: PLC0415
-
-    invalid: type[BaseException] | None = getattr(connection, "_Invalid", None)
-    return invalid is not None and isinstance(exc.__cause__, invalid)
-
-
-def guarded(handler: Handler) -> Handler:
-    """Expected failures become one scrubbed sentence and an exit code, never a traceback."""
-
-    @functools.wraps(handler)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except Refused as exc:
-            _error(str(exc))
-            return exc.code
-        except exceptions.CacheError as exc:
-            if is_configuration_error(exc):
-                _error(f"configuration error: {exc}")
-                return EXIT_USAGE
-            _error(str(exc))
-            return EXIT_FAILED
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            _error(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
-            return EXIT_FAILED
-
-    return run
-
-
-def remote_layer(action: str, *, writes: bool) -> RedisLayer:
-    """The namespace's Redis layer from the workers' settings; refuses what they forbid."""
-    from .layers.redis import RedisLayer  # noqa: PLC0415
-
-    settings = config.load()
-    if not settings.has_remote:
-        raise Refused(f"{action} needs the remote layer; REDIS_CACHE_URL is not set", EXIT_USAGE)
-    if writes and settings.read_only:
-        raise Refused(
-            f"{action} writes to the remote layer, and REDIS_CACHE_READ_ONLY=1", EXIT_USAGE
-        )
-    check_client_settings(settings)
-    return RedisLayer(settings)
-
-
-def check_client_settings(settings: config.Settings) -> None:
-    """Build (never connect) a client once: a bad URL is a configuration error up front."""
-    from .connection import build_client  # noqa: PLC0415
-
-    build_client(settings).close()
-
-
-def disk_layer(max_bytes: int | None = None) -> DiskLayer:
-    """This machine's disk layer of the namespace, as workers with these settings use it."""
-    from .layers.disk import DiskLayer  # noqa: PLC0415
-
-    settings = config.load()
-    bound = settings.disk_max_bytes if max_bytes is None else max_bytes
-    return DiskLayer(settings.dir, settings.namespace, max_bytes=bound)
-
-
-class Progress:
-    """A one-line ``\\r`` progress display on a terminal (stderr); silent otherwise.
-
-    With a ``total`` it shows ``n of total`` and a percentage.
-    """
-
-    def __init__(self, verb: str, stream: TextIO | None = None, noun: str = "entries") -> None:
-        self.verb = verb
-        self.noun = noun
-        self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty()
-        self.total: int | None = None
-        self.shown = False
-
-    def __call__(self, count: int, size: int) -> None:
-        if not self.enabled:
-            return
-        amount = f", {human_bytes(size)}" if size else ""
-        share = f" of {self.total} ({100 * count // self.total}%)" if self.total else ""
-        self.stream.write(f"\r{self.verb} {count}{share} {self.noun}{amount}   ")
-        self.stream.flush()
-        self.shown = True
-
-    def done(self) -> None:
-        if self.shown:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def human_bytes(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True))
-
-
 # --------------------------------------------------------------------------- commands
 
 
@@ -191,7 +62,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
     report = doctor.run()
     if args.json:
-        _print_json(report.as_json())
+        print_json(report.as_json())
     else:
         print(report.render())
     return EXIT_OK if report.ok else EXIT_FAILED
@@ -225,7 +96,7 @@ def _stats(args: argparse.Namespace) -> int:
         data: dict[str, Any] = remote.as_json() if remote is not None else {}
         if local is not None:
             data["local"] = local.as_json()
-        _print_json(data)
+        print_json(data)
         return EXIT_OK
     sections = []
     if remote is not None:
@@ -271,7 +142,7 @@ def render_stats(result: NamespaceStats) -> str:
     if not result.counters:
         lines.append("counters: none published yet (REDIS_CACHE_STATS_INTERVAL)")
     for owner, counters in sorted(result.counters.items()):
-        shown = " ".join(f"{k}={_count(v)}" for k, v in sorted(counters.items()) if v)
+        shown = " ".join(f"{k}={count(v)}" for k, v in sorted(counters.items()) if v)
         lines.append(f"counters {owner}: {shown or 'all zero'}")
     for owner, by_callee in sorted(result.callee_counters.items()):
         lines.append(f"  {owner:<7} {'hits':>9} {'misses':>8} {'hit %':>6} {'computed':>9} "
@@ -427,7 +298,7 @@ def _prune(args: argparse.Namespace) -> int:
     if report is None:
         raise Refused(f"another process kept pruning {layer.root}; nothing was done")
     if args.json:
-        _print_json(report.as_json())
+        print_json(report.as_json())
     else:
         print(render_prune(report))
     return EXIT_OK
@@ -448,22 +319,16 @@ def render_prune(report: PruneReport) -> str:
     return "\n".join(lines)
 
 
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
-
-
-def byte_size(text: str) -> int:
-    """``500M``, ``10GiB``, ``1048576``: binary multiples, for --max-bytes."""
-    match = _SIZE.match(text)
-    if match is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 500M, 10G, 1048576)")
-    number, unit = int(match[1]), match[2].lower()
-    return number << (10 * " kmgt".index(unit or " "))
-
-
 # --------------------------------------------------------------------------- parser
 
 
 def _add_operator_commands(sub: Any) -> None:
+    """The operator's commands, one small function each (their help is the manual)."""
+    for add in (_add_doctor, _add_stats, _add_dump, _add_load, _add_clear, _add_prune):
+        add(sub)
+
+
+def _add_doctor(sub: Any) -> None:
     doctor = sub.add_parser(
         "doctor",
         help="check this machine's settings and the server the way workers use them",
@@ -475,6 +340,8 @@ def _add_operator_commands(sub: Any) -> None:
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     doctor.set_defaults(handler=_doctor)
 
+
+def _add_stats(sub: Any) -> None:
     stats = sub.add_parser(
         "stats",
         help="entries, bytes and workers' counters of the namespace",
@@ -499,6 +366,8 @@ def _add_operator_commands(sub: Any) -> None:
     )
     stats.set_defaults(handler=_stats)
 
+
+def _add_dump(sub: Any) -> None:
     dump = sub.add_parser(
         "dump",
         help="write the namespace's entries to a dump file",
@@ -514,6 +383,8 @@ def _add_operator_commands(sub: Any) -> None:
     )
     dump.set_defaults(handler=_dump)
 
+
+def _add_load(sub: Any) -> None:
     load = sub.add_parser(
         "load",
         help="copy a dump file's entries into the namespace (first writer wins)",
@@ -527,6 +398,8 @@ def _add_operator_commands(sub: Any) -> None:
     load.add_argument("file", metavar="FILE", help="dump file to read, or - for stdin")
     load.set_defaults(handler=_load)
 
+
+def _add_clear(sub: Any) -> None:
     clear = sub.add_parser(
         "clear",
         help="delete the namespace's keys (or one callee's)",
@@ -539,6 +412,8 @@ def _add_operator_commands(sub: Any) -> None:
     clear.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     clear.set_defaults(handler=_clear)
 
+
+def _add_prune(sub: Any) -> None:
     prune = sub.add_parser(
         "prune",
         help="bring this machine's disk layer within its bound (least recently used first)",
@@ -554,12 +429,6 @@ def _add_operator_commands(sub: Any) -> None:
     prune.add_argument("--dry-run", action="store_true", help="report, remove nothing")
     prune.add_argument("--json", action="store_true", help="print the report as JSON")
     prune.set_defaults(handler=_prune)
-
-
-def _count(value: float) -> str:
-    """Counters as plain numbers: 1234567, not 1.23457e+06; seconds with three decimals."""
-    return str(int(value)) if float(value).is_integer() else f"{value:.3f}"
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
