@@ -318,68 +318,32 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
 
     Deterministic-only problems are kept in ``deterministic_problem`` for ``dcache``.
     """
-    env = os.environ if env is None else env
-    r = _Reader(env)
+    r = _Reader(os.environ if env is None else env)
     url = r.optional("REDIS_CACHE_URL")
     sentinels = _parse_sentinels(r)
-    has_remote = url is not None or bool(sentinels)
-    problem: exceptions.CacheError | None = None
-    try:
-        deterministic = r.flag("REDIS_CACHE_DETERMINISTIC")
-        determinism_raw = r.raw("REDIS_CACHE_DETERMINISM")
-        determinism = (
-            r.choice("REDIS_CACHE_DETERMINISM", ("local", "global"))
-            if determinism_raw
-            else ("global" if has_remote else "local")
-        )
-        strict = r.choice("REDIS_CACHE_STRICT", ("off", "cached", "prepopulated"))
-    except exceptions.InvalidSettingError as exc:
-        problem, deterministic, determinism, strict = exc, False, "local", "off"
-    namespace = r.raw("REDIS_CACHE_NAMESPACE")
-    # The namespace is also a directory name under REDIS_CACHE_DIR: "." or ".." would
-    # share or escape it.
-    if not _NAMESPACE_RE.match(namespace) or not namespace.strip("."):
-        raise r.fail(
-            "REDIS_CACHE_NAMESPACE",
-            namespace,
-            "1-64 characters of A-Z a-z 0-9 _ . -, not only dots",
-        )
+    modes, problem = _deterministic_modes(r, has_remote=url is not None or bool(sentinels))
     secret = r.optional("REDIS_CACHE_SECRET")
     if secret is not None and len(secret) < 16:
         raise r.fail("REDIS_CACHE_SECRET", "", "at least 16 characters")
     settings = Settings(
+        **modes,
+        **_numbers(r),
         enabled=r.flag("REDIS_CACHE_ENABLED"),
-        deterministic=deterministic,
-        determinism=determinism,  # type: ignore[arg-type]
-        strict=strict,  # type: ignore[arg-type]
         prepopulate=r.path("REDIS_CACHE_PREPOPULATE"),
         dump_at_exit=r.path("REDIS_CACHE_DUMP"),
         url=url,
-        namespace=namespace,
+        namespace=_namespace(r),
         dir=r.path("REDIS_CACHE_DIR") or _default_dir(),
-        lock_timeout=r.number("REDIS_CACHE_LOCK_TIMEOUT"),
-        lock_lease=r.number("REDIS_CACHE_LOCK_LEASE"),
         cluster=r.flag("REDIS_CACHE_CLUSTER"),
         sentinels=sentinels,
         sentinel_master=r.raw("REDIS_CACHE_SENTINEL_MASTER") or "mymaster",
-        ttl=r.number("REDIS_CACHE_TTL"),
         read_only=r.flag("REDIS_CACHE_READ_ONLY"),
         secret=secret.encode() if secret else None,
-        max_value_bytes=r.number("REDIS_CACHE_MAX_VALUE_BYTES"),
-        connect_timeout=r.number("REDIS_CACHE_CONNECT_TIMEOUT"),
-        socket_timeout=r.number("REDIS_CACHE_SOCKET_TIMEOUT"),
-        retry_deadline=r.number("REDIS_CACHE_RETRY_DEADLINE"),
-        breaker_cooldown=r.number("REDIS_CACHE_BREAKER_COOLDOWN"),
-        breaker_max_cooldown=r.number("REDIS_CACHE_BREAKER_MAX_COOLDOWN"),
-        min_replicas=r.number("REDIS_CACHE_MIN_REPLICAS"),
         compression=r.choice("REDIS_CACHE_COMPRESSION", typing.get_args(Compression)),  # type: ignore[arg-type]
         single_flight=r.flag("REDIS_CACHE_SINGLE_FLIGHT"),
         tls_ca_file=r.optional("REDIS_CACHE_TLS_CA_FILE"),
         tls_cert_file=r.optional("REDIS_CACHE_TLS_CERT_FILE"),
         tls_key_file=r.optional("REDIS_CACHE_TLS_KEY_FILE"),
-        stats_interval=r.number("REDIS_CACHE_STATS_INTERVAL"),
-        memo_max_bytes=r.number("REDIS_CACHE_MEMO_MAX_BYTES"),
-        disk_max_bytes=r.number("REDIS_CACHE_DISK_MAX_BYTES"),
         torch=r.flag("REDIS_CACHE_TORCH"),
         deterministic_problem=problem,
     )
@@ -390,6 +354,46 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             settings = dataclasses.replace(settings, deterministic_problem=exc)
     settings.target  # noqa: B018 - parsed now: a bad URL is a settings error on first use
     return settings
+
+
+def _deterministic_modes(
+    r: _Reader, *, has_remote: bool
+) -> tuple[dict[str, Any], exceptions.CacheError | None]:
+    """A bad deterministic-only variable must not break fcache: dcache raises it later."""
+    try:
+        determinism_raw = r.raw("REDIS_CACHE_DETERMINISM")
+        modes: dict[str, Any] = {
+            "deterministic": r.flag("REDIS_CACHE_DETERMINISTIC"),
+            "determinism": (
+                r.choice("REDIS_CACHE_DETERMINISM", ("local", "global"))
+                if determinism_raw
+                else ("global" if has_remote else "local")
+            ),
+            "strict": r.choice("REDIS_CACHE_STRICT", ("off", "cached", "prepopulated")),
+        }
+    except exceptions.InvalidSettingError as exc:
+        return {"deterministic": False, "determinism": "local", "strict": "off"}, exc
+    return modes, None
+
+
+def _namespace(r: _Reader) -> str:
+    namespace = r.raw("REDIS_CACHE_NAMESPACE")
+    # The namespace is also a directory name under REDIS_CACHE_DIR: "." or ".." would
+    # share or escape it.
+    if not _NAMESPACE_RE.match(namespace) or not namespace.strip("."):
+        raise r.fail(
+            "REDIS_CACHE_NAMESPACE",
+            namespace,
+            "1-64 characters of A-Z a-z 0-9 _ . -, not only dots",
+        )
+    return namespace
+
+
+def _numbers(r: _Reader) -> dict[str, Any]:
+    """Every numeric setting, each within its range (``RANGES``)."""
+    return {
+        name.removeprefix("REDIS_CACHE_").lower(): r.number(name) for name in RANGES
+    }
 
 
 def _check_deterministic_combinations(s: Settings) -> None:
