@@ -188,14 +188,14 @@ def render_local(usage: DiskUsage, *, remote_configured: bool = True) -> str:
 
 @guarded
 def _dump(args: argparse.Namespace) -> int:
-    from . import dumpfile, ops  # noqa: PLC0415
+    from . import dumpfile, ops, transfer  # noqa: PLC0415
 
     layer = remote_layer("dump", writes=False)
     progress = Progress("dumped")
     try:
         if progress.enabled:
             progress.total = ops.count_value_keys(layer, args.interface)
-        records = ops.records(layer, progress, args.interface)
+        records = transfer.records(layer, progress, args.interface)
         if args.file == "-":
             count = dumpfile.write_stream(sys.stdout.buffer, records)
         else:
@@ -224,7 +224,7 @@ def _input(file: str) -> Iterator[Path]:
 
 @guarded
 def _load(args: argparse.Namespace) -> int:
-    from . import ops  # noqa: PLC0415
+    from . import transfer  # noqa: PLC0415
 
     layer = remote_layer("load", writes=True)
     progress = Progress("loaded")
@@ -234,7 +234,7 @@ def _load(args: argparse.Namespace) -> int:
 
     try:
         with _input(args.file) as path:
-            result = ops.load(layer, path, progress, on_total)
+            result = transfer.load(layer, path, progress, on_total)
     finally:
         progress.done()
         layer.close()
