@@ -150,56 +150,62 @@ def unpack(data: Buffer, budget: int | None = None) -> Any:
     (unsigned entries), the containers built may take at most that many bytes,
     counted as they are built and capped per container before msgpack allocates.
     """
-    made = used = 0
-    spent = 0
-
-    def charge(container: Any) -> Any:
-        nonlocal spent
-        spent += sys.getsizeof(container)
-        if budget is not None and spent > budget:
-            raise _corrupt(
-                f"unsigned entry decodes to more than {budget} bytes of containers "
-                f"(over {UNSIGNED_MAX_EXPANSION} per payload byte)"
-            )
-        return container
-
-    def ext_hook(code: int, payload: bytes) -> object:
-        nonlocal made
-        mark = _MARKS.get(code)
-        if mark is not None:
-            if payload:
-                raise _corrupt(f"msgpack extension {code} has a payload")
-            made += 1
-            return mark
-        if code == EXT_BIGINT:
-            return int.from_bytes(payload, "big", signed=True)
-        raise _corrupt(f"unknown msgpack extension type {code}")
-
-    def list_hook(items: list[Any]) -> Any:
-        nonlocal used
-        if items and type(items[0]) is _Mark:
-            used += 1
-            built = items[0].build(itertools.islice(items, 1, None))
-            return built if budget is None else charge(built)
-        return items if budget is None else charge(items)
-
+    hooks = _Unpacking(budget)
     limits: dict[str, Any] = {}
     if budget is not None:
         # msgpack allocates a container of the declared length before filling it.
-        limits = {"object_hook": charge, "max_array_len": budget // 8, "max_map_len": budget // 64}
+        limits = {"object_hook": hooks.charge, "max_array_len": budget // 8,
+                  "max_map_len": budget // 64}  # fmt: skip
     value = msgpack.unpackb(
         data,
         raw=False,
         use_list=True,
         strict_map_key=False,
         unicode_errors="surrogatepass",
-        ext_hook=ext_hook,
-        list_hook=list_hook,
+        ext_hook=hooks.ext,
+        list_hook=hooks.list,
         **limits,
     )
-    if made != used:
+    if hooks.made != hooks.used:
         raise _corrupt("msgpack extension marker out of place")
     return value
+
+
+class _Unpacking:
+    """The unpacker's hooks for one payload: markers made and used, bytes spent."""
+
+    __slots__ = ("budget", "made", "spent", "used")
+
+    def __init__(self, budget: int | None) -> None:
+        self.budget = budget
+        self.made = self.used = self.spent = 0
+
+    def charge(self, container: Any) -> Any:
+        self.spent += sys.getsizeof(container)
+        if self.budget is not None and self.spent > self.budget:
+            raise _corrupt(
+                f"unsigned entry decodes to more than {self.budget} bytes of containers "
+                f"(over {UNSIGNED_MAX_EXPANSION} per payload byte)"
+            )
+        return container
+
+    def ext(self, code: int, payload: bytes) -> object:
+        mark = _MARKS.get(code)
+        if mark is not None:
+            if payload:
+                raise _corrupt(f"msgpack extension {code} has a payload")
+            self.made += 1
+            return mark
+        if code == EXT_BIGINT:
+            return int.from_bytes(payload, "big", signed=True)
+        raise _corrupt(f"unknown msgpack extension type {code}")
+
+    def list(self, items: list[Any]) -> Any:
+        if items and type(items[0]) is _Mark:
+            self.used += 1
+            built = items[0].build(itertools.islice(items, 1, None))
+            return built if self.budget is None else self.charge(built)
+        return items if self.budget is None else self.charge(items)
 
 
 UNSIGNED_MAX_EXPANSION: Final = 48  # bytes of decoded containers per raw payload byte
