@@ -123,27 +123,9 @@ def check_arguments(workers: int, kernels: int, compile_seconds: float) -> None:
 
 def run(workers: int = 4, kernels: int = 6, compile_seconds: float = 0.3) -> int:
     check_arguments(workers, kernels, compile_seconds)
-    settings = config.current()
-    if not os.environ.get("REDIS_CACHE_DIR"):
-        # A fresh directory per run, so the demo starts cold and shows every layer.
-        os.environ["REDIS_CACHE_DIR"] = tempfile.mkdtemp(prefix="redis-cache-demo-")
-    if settings.has_remote and not os.environ.get("REDIS_CACHE_NAMESPACE"):
-        # Never mix demo entries into a real namespace; fcache ones expire.
-        os.environ["REDIS_CACHE_NAMESPACE"] = DEMO_NAMESPACE
-        os.environ.setdefault("REDIS_CACHE_TTL", "3600")
-    config.reset()
-    settings = config.current()
+    settings = _demo_settings()
     disk_root = os.environ["REDIS_CACHE_DIR"]
-    mode = "dcache (deterministic)" if settings.deterministic else "fcache"
-    remote = settings.server_name if settings.has_remote else "none (memo + disk only)"
-    print(
-        f"redis-cache demo: {workers} workers, {kernels} kernels, {compile_seconds:g}s per compile"
-    )
-    print(f"  interface: icache = {mode}; remote layer: {remote}")
-    print(f"  disk layer: {disk_root}")
-    if settings.has_remote:
-        print(f"  namespace: {settings.namespace}")
-        print("  each worker simulates its own machine: own disk, shared redis")
+    _introduce(settings, workers, kernels, compile_seconds, disk_root)
     ops = ["matmul", "conv2d", "softmax", "layernorm", "attention", "gelu", "reduce", "scan"]
     specs = [(ops[i % len(ops)], 64 << (i % 4), 32 << (i % 3)) for i in range(kernels)]
 
@@ -175,6 +157,32 @@ def run(workers: int = 4, kernels: int = 6, compile_seconds: float = 0.3) -> int
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return _summary(reports, compile_seconds, time.perf_counter() - started, settings.has_remote)
+
+
+def _demo_settings() -> config.Settings:
+    """The workers' settings, on a fresh disk directory and, with Redis, a namespace of
+    the demo's own: a demo starts cold and never mixes its entries into real ones."""
+    settings = config.current()
+    if not os.environ.get("REDIS_CACHE_DIR"):
+        os.environ["REDIS_CACHE_DIR"] = tempfile.mkdtemp(prefix="redis-cache-demo-")
+    if settings.has_remote and not os.environ.get("REDIS_CACHE_NAMESPACE"):
+        os.environ["REDIS_CACHE_NAMESPACE"] = DEMO_NAMESPACE
+        os.environ.setdefault("REDIS_CACHE_TTL", "3600")  # fcache entries expire
+    config.reset()
+    return config.current()
+
+
+def _introduce(
+    settings: config.Settings, workers: int, kernels: int, seconds: float, disk_root: str
+) -> None:
+    mode = "dcache (deterministic)" if settings.deterministic else "fcache"
+    remote = settings.server_name if settings.has_remote else "none (memo + disk only)"
+    print(f"redis-cache demo: {workers} workers, {kernels} kernels, {seconds:g}s per compile")
+    print(f"  interface: icache = {mode}; remote layer: {remote}")
+    print(f"  disk layer: {disk_root}")
+    if settings.has_remote:
+        print(f"  namespace: {settings.namespace}")
+        print("  each worker simulates its own machine: own disk, shared redis")
 
 
 def _stop(pool: concurrent.futures.ProcessPoolExecutor) -> None:
