@@ -1,10 +1,11 @@
 """redis_cache.torch against torch's built-in Redis remote cache, on the same entries.
 
-    python -m bench.bench_torch_remote [--quick] [--out bench/results]
+    /path/to/torch-venv/bin/python -m bench.bench_torch_remote [--quick] [--out bench/results]
 
-Needs torch (``pip install -e '.[torch]'``); starts a private redis-server on a free
-port (``tests.support.servers``) and a fault proxy in front of it. Not part of
-``run_all`` (it compiles with torch.compile for about a minute first).
+10. Needs torch (``pip install -e '.[torch]'``; ``run_all`` runs it with
+``--torch-python`` like benchmark 2, and reports it skipped without torch); starts a
+private redis-server on a free port (``tests.support.servers``) and a fault proxy in
+front of it. It compiles with torch.compile for about a minute first.
 
 Entries: the FX graph and AOTAutograd entries torch itself writes when compiling two
 small functions on CPU (captured from its ``put`` calls), plus GPU-like entries of
@@ -419,8 +420,10 @@ def run(opts: Options) -> dict[str, Any]:
     try:
         import torch  # noqa: PLC0415
     except ImportError as exc:
-        print(f"skipped: torch is not importable ({exc})")
-        return {"skipped": str(exc)}
+        reason = f"torch is not importable ({exc})"
+        print(f"skipped: {reason}")
+        save("torch_remote", {"skipped": reason, "python": sys.executable}, opts.out)
+        return {"skipped": reason}
     from tests.support.servers import RedisServer  # noqa: PLC0415
 
     try:
@@ -448,6 +451,7 @@ def run(opts: Options) -> dict[str, Any]:
             failure = faults(server, real)
         data = {
             "torch": torch.__version__,
+            "python": sys.executable,
             "rows": [row.to_json() for row in rows],
             "stored_bytes": sizes_out,
             "kept_memory_mib": memory,
