@@ -37,26 +37,25 @@ class Shape:
     lru_call: str | None = None  # the baseline's statement when it differs
 
 
+# The argument objects, shared by each shape's statement and its ``get`` params: a call
+# with the very objects of an earlier call lets both caches compare keys by identity.
+_SHAPE = (64, 128, 256)
+_LAYOUT, _META = ((64, 128), (128, 256)), ("float16", (1, 1))
+_CFG = {"m": 64, "n": 128, "dtype": "float16"}
+_BLOB = b"\x00" * 64
+_SRC = "x" * 65536
+
 SHAPES: dict[str, Shape] = {
     "str, int": Shape("f('matmul', 4)", {}, ("matmul", 4), {}),
     "keywords": Shape("f(op='matmul', m=4)", {}, (), {"op": "matmul", "m": 4}),
     "floats": Shape("f(0.5, 0.001)", {}, (0.5, 0.001), {}),
-    "shape tuple": Shape("f(shape)", {"shape": (64, 128, 256)}, ((64, 128, 256),), {}),
+    "shape tuple": Shape("f(shape)", {"shape": _SHAPE}, (_SHAPE,), {}),
     "nested tuples": Shape(
-        "f(layout, meta)",
-        {"layout": ((64, 128), (128, 256)), "meta": ("float16", (1, 1))},
-        (((64, 128), (128, 256)), ("float16", (1, 1))),
-        {},
+        "f(layout, meta)", {"layout": _LAYOUT, "meta": _META}, (_LAYOUT, _META), {}
     ),
-    "dict": Shape(
-        "f(cfg)",
-        {"cfg": {"m": 64, "n": 128, "dtype": "float16"}},
-        ({"m": 64, "n": 128, "dtype": "float16"},),
-        {},
-        lru_call="f(tuple(sorted(cfg.items())))",
-    ),
-    "bytes": Shape("f(blob, 4)", {"blob": b"\x00" * 64}, (b"\x00" * 64, 4), {}),
-    "64 KiB str": Shape("f(src)", {"src": "x" * 65536}, ("x" * 65536,), {}),
+    "dict": Shape("f(cfg)", {"cfg": _CFG}, (_CFG,), {}, lru_call="f(tuple(sorted(cfg.items())))"),
+    "bytes": Shape("f(blob, 4)", {"blob": _BLOB}, (_BLOB, 4), {}),
+    "64 KiB str": Shape("f(src)", {"src": _SRC}, (_SRC,), {}),
 }
 
 RECORD_TARGET = 2.0
