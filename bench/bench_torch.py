@@ -22,6 +22,7 @@ module, it writes ``{"skipped": reason}``.)
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import sys
@@ -33,6 +34,7 @@ from bench.common import Options, Row, command_line, compare, report, row_from_p
 
 # torch reads these once (functools.cache), so before it is imported.
 _TORCH_DIR = tempfile.mkdtemp(prefix="bench-torch-")
+atexit.register(shutil.rmtree, _TORCH_DIR, ignore_errors=True)  # also when skipped
 os.environ["TORCHINDUCTOR_ENABLE_CACHING_MODULE"] = "1"
 os.environ["TORCHINDUCTOR_CACHE_DIR"] = _TORCH_DIR
 os.environ["TORCHINDUCTOR_DUMP_MEMOIZER_CACHE"] = "0"

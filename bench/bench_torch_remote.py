@@ -22,6 +22,7 @@ pickle, and a server that resets connections, hangs, or is slow.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import dataclasses
 import gc
@@ -42,6 +43,7 @@ from typing import Any
 from bench.common import Options, Row, command_line, compare_each, report, row_from_pair, save
 
 _TMP = Path(tempfile.mkdtemp(prefix="bench-torch-remote-"))
+atexit.register(shutil.rmtree, _TMP, ignore_errors=True)  # also when skipped
 os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(_TMP / "inductor")  # empty: torch compiles
 SECRET = b"bench-torch-remote-secret-01"
 HANG_CAP = 20.0  # seconds a hung server may hold a get before we call it blocked
