@@ -16,7 +16,8 @@ values): 90 % of the operations read one of those keys, 10 % a key nobody has ye
   the window every hit is a memo hit; a miss computes (returns the value at once) and
   inserts into Redis, memo and (off the caller's path) disk.
 - ``fcache-cold`` (b, the remote path): the same calls with the memo (and the record
-  wrapper's index) cleared before every call and the disk backfill switched off, so
+  wrapper's index) cleared before every call and nothing copied to disk (the disk
+  bound ``REDIS_CACHE_DISK_MAX_BYTES`` set to one byte), so
   every hit is a Redis ``GET`` and every miss a memo/disk/Redis miss + insert: the
   operations of ``raw`` plus what fcache adds to each.
 
@@ -44,8 +45,8 @@ from bench.common import (
     Row,
     Timing,
     command_line,
+    landed_on_disk,
     quantile,
-    record_index,
     report,
     rows_json,
     save,
@@ -81,10 +82,12 @@ def _stream(seed: int, keys: int) -> list[int]:
     return [rng.randrange(keys) if rng.random() < HIT_RATE else -1 for _ in range(STREAM_LENGTH)]
 
 
-def _settings(url: str, root: Path) -> Any:
+def _settings(url: str, root: Path, cold: bool = False) -> Any:
+    """A worker's settings; ``cold``: no entry is copied to disk (a one-byte disk bound)."""
     from redis_cache.config import Settings  # noqa: PLC0415
 
-    return Settings(dir=root, url=url, namespace=NAMESPACE)
+    extra = {"disk_max_bytes": 1} if cold else {}
+    return Settings(dir=root, url=url, namespace=NAMESPACE, stats_interval=0, **extra)
 
 
 def _run_raw(client: Any, ops: list[int], tag: str, seconds: float) -> tuple[int, float]:
@@ -116,33 +119,25 @@ class _FcacheRun:
         self.cold = cold
         self.hit = cache.record()(hit_kernel)
         self.miss = cache.record()(miss_kernel)
-        backend = cache._backend()
-        self.entries = backend.memo._entries
-        self.indexes = [record_index(self.hit), record_index(self.miss)]
-        if cold:
-            backend.backfill_disk = lambda key, blob: None
-        else:
+        self.memo = cache._runtime().memo
+        if not cold:
             # Steady state of a worker that has seen its keys before: every hit key is in
             # the memo (and backfilled to this machine's disk) before the window starts.
             for k in range(keys):
                 self.hit(k)
-            backfill = getattr(backend, "_backfill", None)
-            if backfill is not None:
-                backfill.flush(60.0)
-            cache._stats.reset()  # count the window only
+            if not landed_on_disk(cache, hit_kernel, [((k,), {}) for k in range(keys)]):
+                raise RuntimeError("the hit keys were never backfilled to disk")
+        self.before = cache.stats()  # count the window only
 
     def run(self, ops: list[int], tag: str, seconds: float) -> tuple[int, float]:
-        hit, miss, cold = self.hit, self.miss, self.cold
-        entries, indexes = self.entries, self.indexes
+        hit, miss, cold, memo = self.hit, self.miss, self.cold, self.memo
         done = 0
         start = time.perf_counter()
         deadline = start + seconds
         while True:
             for k in ops[done % STREAM_LENGTH : done % STREAM_LENGTH + 1000]:
                 if cold:
-                    entries.clear()
-                    for index in indexes:
-                        index.clear()
+                    memo.clear()  # and with it the wrappers' indexes
                 if k >= 0:
                     hit(k)
                 else:
@@ -151,6 +146,19 @@ class _FcacheRun:
             now = time.perf_counter()
             if now >= deadline:
                 return done, now - start
+
+    def detail(self) -> dict[str, int]:
+        after, before = self.cache.stats(), self.before
+        memo = after.memo_hits - before.memo_hits
+        disk = after.disk_hits - before.disk_hits
+        remote = after.remote_hits - before.remote_hits
+        return {
+            "memo": memo,
+            "disk": disk,
+            "remote": remote,
+            "misses": after.misses - before.misses,
+            "hits": memo + disk + remote,
+        }
 
 
 def worker(
@@ -182,28 +190,23 @@ def worker(
             root = Path(tempfile.mkdtemp(prefix="bench-tp-"))
             cache = prepared = None
             if mode != "raw":
-                cache = FastCache(_settings(url, root))
-                cache._backend().redis.client().ping()  # type: ignore[union-attr]  # connect first
-                prepared = _FcacheRun(cache, cold=mode == "fcache-cold", keys=keys)
+                cold = mode == "fcache-cold"
+                cache = FastCache(_settings(url, root, cold=cold))
+                cache.get(hit_kernel, ((-1,), {}))  # a miss: connects before the window
+                prepared = _FcacheRun(cache, cold=cold, keys=keys)
             barrier.wait()
             if cache is None or prepared is None:
                 count, elapsed = _run_raw(client, ops, tag, seconds)
                 detail = {}
             else:
                 count, elapsed = prepared.run(ops, tag, seconds)
-                stats = cache.stats()
+                detail = prepared.detail()
                 cache.close()
-                detail = {
-                    "memo": stats.memo_hits,
-                    "disk": stats.disk_hits,
-                    "remote": stats.remote_hits,
-                    "misses": stats.misses,
-                    "hits": stats.memo_hits + stats.disk_hits + stats.remote_hits,
-                }
             results.put((processes, mode, rep, index, count, elapsed, detail))
             barrier.wait()
             if index == 0:  # drop this window's new keys (not timed)
-                for pattern in ("raw:miss:*", f"redis_cache:v2:{NAMESPACE}:*miss_kernel*"):
+                # (fcache's key names carry the namespace and the callee's name)
+                for pattern in ("raw:miss:*", f"*{NAMESPACE}*miss_kernel*"):
                     names = list(client.scan_iter(match=pattern, count=1000))
                     for i in range(0, len(names), 1000):
                         client.unlink(*names[i : i + 1000])
@@ -216,22 +219,16 @@ def _populate(url: str, keys: int) -> None:
     """The hit keys for fcache (through insert) and the same bytes under raw names."""
     import redis  # noqa: PLC0415
 
-    from redis_cache import context  # noqa: PLC0415
     from redis_cache.interfaces import FastCache  # noqa: PLC0415
 
     root = Path(tempfile.mkdtemp(prefix="bench-tp-pop-"))
     cache = FastCache(_settings(url, root))
     client = redis.Redis.from_url(url, protocol=2)
-    backend = cache._backend()
-    assert backend.redis is not None
-    isolation = context.isolation_key(None)
     pipe = client.pipeline(transaction=False)
     for k in range(keys):
         value = os.urandom(VALUE_SIZE)
         cache.insert(hit_kernel, ((k,), {}), value)
-        key = cache._key(hit_kernel, ((k,), {}), isolation, None)
-        blob = client.get(backend.redis.value_key(key))
-        pipe.set(f"raw:hit:{k}", blob)
+        pipe.set(f"raw:hit:{k}", value)
     pipe.execute()
     cache.close()
     client.close()
@@ -339,7 +336,7 @@ def run(opts: Options, server: RedisServer | None = None) -> dict[str, list[Row]
     with _server(server.url if server is not None else None) as url:
         measured = measure(url, opts)
     rows, extra = summarize(measured)
-    report("7. throughput at 90% hits, spawned processes (ops/s, ratio vs raw redis-py)", rows)
+    report("9. throughput at 90% hits, spawned processes (ops/s, ratio vs raw redis-py)", rows)
     for mix_name, mix in extra["hit_mix"].items():
         total = mix["hits"] + mix["misses"]
         print(

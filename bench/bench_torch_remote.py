@@ -1,10 +1,11 @@
 """redis_cache.torch against torch's built-in Redis remote cache, on the same entries.
 
-    python -m bench.bench_torch_remote [--quick] [--out bench/results]
+    /path/to/torch-venv/bin/python -m bench.bench_torch_remote [--quick] [--out bench/results]
 
-Needs torch (``pip install -e '.[torch]'``); starts a private redis-server on a free
-port (``tests.support.servers``) and a fault proxy in front of it. Not part of
-``run_all`` (it compiles with torch.compile for about a minute first).
+10. Needs torch (``pip install -e '.[torch]'``; ``run_all`` runs it with
+``--torch-python`` like benchmark 2, and reports it skipped without torch); starts a
+private redis-server on a free port (``tests.support.servers``) and a fault proxy in
+front of it. It compiles with torch.compile for about a minute first.
 
 Entries: the FX graph and AOTAutograd entries torch itself writes when compiling two
 small functions on CPU (captured from its ``put`` calls), plus GPU-like entries of
@@ -21,6 +22,7 @@ pickle, and a server that resets connections, hangs, or is slow.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import dataclasses
 import gc
@@ -41,6 +43,7 @@ from typing import Any
 from bench.common import Options, Row, command_line, compare_each, report, row_from_pair, save
 
 _TMP = Path(tempfile.mkdtemp(prefix="bench-torch-remote-"))
+atexit.register(shutil.rmtree, _TMP, ignore_errors=True)  # also when skipped
 os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(_TMP / "inductor")  # empty: torch compiles
 SECRET = b"bench-torch-remote-secret-01"
 HANG_CAP = 20.0  # seconds a hung server may hold a get before we call it blocked
@@ -419,8 +422,10 @@ def run(opts: Options) -> dict[str, Any]:
     try:
         import torch  # noqa: PLC0415
     except ImportError as exc:
-        print(f"skipped: torch is not importable ({exc})")
-        return {"skipped": str(exc)}
+        reason = f"torch is not importable ({exc})"
+        print(f"skipped: {reason}")
+        save("torch_remote", {"skipped": reason, "python": sys.executable}, opts.out)
+        return {"skipped": reason}
     from tests.support.servers import RedisServer  # noqa: PLC0415
 
     try:
@@ -448,6 +453,7 @@ def run(opts: Options) -> dict[str, Any]:
             failure = faults(server, real)
         data = {
             "torch": torch.__version__,
+            "python": sys.executable,
             "rows": [row.to_json() for row in rows],
             "stored_bytes": sizes_out,
             "kept_memory_mib": memory,

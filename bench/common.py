@@ -29,7 +29,9 @@ ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 IMG_DIR = ROOT / "docs" / "img"
 
-# Payload sizes of the benchmarks where size matters (brief: 100 B, 10 KiB, 1 MiB, 32 MiB).
+# Payload sizes of the benchmarks where size matters (issue 12: 100 B to 32 MiB), and the
+# two kinds of content: incompressible bytes and JSON-like text (see ``payload``).
+KINDS = ("random", "json")
 PAYLOADS: dict[str, int] = {
     "100B": 100,
     "10KiB": 10 * 1024,
@@ -408,19 +410,89 @@ def rows_json(rows: Iterable[Row]) -> list[dict[str, Any]]:
     return [row.to_json() for row in rows]
 
 
-def record_index(wrapper: Callable[..., Any]) -> dict[Any, Any]:
-    """The memo index of a ``record`` wrapper (its ``fast_values`` closure cell).
+# --------------------------------------------------------------------------- payloads
 
-    ``CacheInterface.close()`` means to clear these through ``_fast_maps``, but that
-    WeakSet loses each ``_FastMap`` as soon as ``record()`` returns (the wrapper keeps
-    only the dict), so a benchmark that needs a cold memo clears the dict directly.
+
+def payload(size: int, kind: str = "random", seed: int = 0) -> bytes:
+    """``size`` bytes: ``random`` (incompressible) or ``json`` (JSON-like text, the shape
+    of compile metadata and generated source, which zlib shrinks about 4-6x)."""
+    if kind == "random":
+        return os.urandom(size)
+    if kind != "json":
+        raise ValueError(f"unknown payload kind {kind!r}")
+    import random  # noqa: PLC0415
+
+    rng = random.Random(seed)
+    parts: list[str] = []
+    length = 0
+    i = 0
+    while length < size:
+        line = (
+            f'{{"kernel": "triton_red_fused_add_mul_{rng.randrange(10_000)}", '
+            f'"num_warps": {rng.choice((2, 4, 8))}, "num_stages": {rng.randrange(1, 6)}, '
+            f'"block": [{rng.choice((16, 32, 64, 128))}, {rng.choice((16, 32, 64))}], '
+            f'"time_ms": {rng.random() * 10:.5f}, "id": {i}}},\n'
+        )
+        parts.append(line)
+        length += len(line)
+        i += 1
+    return "".join(parts).encode()[:size]
+
+
+# --------------------------------------------------------------------------- the library
+
+# The benchmarks reach the library only through its public API (fcache/dcache/icache,
+# FastCache/DeterministicCache(settings), record/get/insert/get_many/close/stats) and,
+# where a layer must be reached directly, through ``CacheInterface.entry_key`` and
+# ``CacheInterface._runtime()`` (``.memo``, ``.disk``, ``.redis``, ``.codec``, ``.policy``)
+# with the layers' own contract (``get``, ``insert``, ``discard``, ``clear``).
+
+
+def forget(cache: Any) -> None:
+    """Empty the cache's in-process memo (and with it every fast index into it)."""
+    cache._runtime().memo.clear()
+
+
+def landed_on_disk(
+    cache: Any, fn: Callable[..., Any], params: Iterable[Any], timeout: float = 60.0
+) -> bool:
+    """Wait (bounded) until the entry of every ``params`` is on ``cache``'s disk.
+
+    Backfills and the disk copies of inserts are written off the caller's path; waiting
+    for them between timed blocks keeps one side's background work out of the other
+    side's timing. Returns whether they all landed.
     """
-    names = wrapper.__code__.co_freevars
-    cells = wrapper.__closure__ or ()
-    index = cells[names.index("fast_values")].cell_contents
-    if not isinstance(index, dict):
-        raise TypeError("not a redis_cache record wrapper")
-    return index
+    disk = cache._runtime().disk
+    pending = [cache.entry_key(fn, p) for p in params]
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        pending = [k for k in pending if disk.get(k) is None]
+        if pending:
+            time.sleep(0.002)
+    return not pending
+
+
+def in_child(code: str, *, env: dict[str, str] | None = None, cwd: Path = ROOT) -> float:
+    """Run ``code`` in a fresh interpreter (cwd: the repository); return the number it prints."""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"child exited {done.returncode}: {done.stderr[-2000:]}")
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without any ``REDIS_CACHE_*`` variable, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_CACHE_")}
+    env.update(extra)
+    return env
 
 
 @dataclass

@@ -86,13 +86,14 @@ def throughput(
     rows: Sequence[dict[str, Any]],
     command: str,
     path: Path,
+    number: str = "9",
 ) -> Path:
     """Aggregate ops/s against worker processes per mode, and the ratios to raw."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4))
     styles = {
         "raw": ("raw redis-py", "#34495e"),
         "fcache": ("fcache (a) memo on", "#2980b9"),
-        "fcache-cold": ("fcache (b) memo+disk cold", "#e67e22"),
+        "fcache-cold": ("fcache (b) memo cleared, no disk copy", "#e67e22"),
     }
     for mode, by_p in series.items():
         ps = sorted(by_p, key=int)
@@ -132,12 +133,17 @@ def throughput(
     right.legend(fontsize=8)
     right.grid(alpha=0.3, which="both")
     right.set_title("throughput ratio per process count", fontsize=9)
-    fig.suptitle(f"7. Throughput vs worker processes — {command}", fontsize=10)
+    fig.suptitle(f"{number}. Throughput vs worker processes — {command}", fontsize=10)
     return _finish(fig, path)
 
 
 def stampede(
-    latencies: dict[str, list[float]], waiters: int, rounds: int, command: str, path: Path
+    latencies: dict[str, list[float]],
+    waiters: int,
+    rounds: int,
+    command: str,
+    path: Path,
+    number: str = "6",
 ) -> Path:
     """CDF and histogram of the wake-up latency of every waiter of every round."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -165,7 +171,7 @@ def stampede(
     right.set_title("histogram", fontsize=9)
     right.legend(fontsize=8)
     fig.suptitle(
-        f"8. Stampede wake-up latency, {waiters} waiters x {rounds} rounds, "
+        f"{number}. Stampede wake-up latency, {waiters} waiters x {rounds} rounds, "
         f"0.3 s computation — {command}",
         fontsize=10,
     )
