@@ -76,6 +76,7 @@ def __getattr__(name: str) -> Any:
         return importlib.import_module(f".{name}", __name__)
     return getattr(importlib.import_module(f".{module}", __name__), name)
 
+
 __all__ = [
     "CacheError",
     "CacheInterface",

@@ -110,4 +110,3 @@ class CircuitBreaker:
         """A probe in flight belongs to a parent thread; the lock may be held by one."""
         self._lock = threading.Lock()
         self._probing = False
-

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from .ops import NamespaceStats
     from .prune import DiskUsage, PruneReport
 
+
 def _demo(args: argparse.Namespace) -> int:
     from . import demo  # noqa: PLC0415 - keep `--help` fast
 
@@ -429,6 +430,7 @@ def _add_prune(sub: Any) -> None:
     prune.add_argument("--dry-run", action="store_true", help="report, remove nothing")
     prune.add_argument("--json", action="store_true", help="print the report as JSON")
     prune.set_defaults(handler=_prune)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

@@ -391,9 +391,7 @@ def _namespace(r: _Reader) -> str:
 
 def _numbers(r: _Reader) -> dict[str, Any]:
     """Every numeric setting, each within its range (``RANGES``)."""
-    return {
-        name.removeprefix("REDIS_CACHE_").lower(): r.number(name) for name in RANGES
-    }
+    return {name.removeprefix("REDIS_CACHE_").lower(): r.number(name) for name in RANGES}
 
 
 def _check_deterministic_combinations(s: Settings) -> None:

@@ -80,8 +80,7 @@ class Flight(ABC):
 def required(key: EntryKey, computed: Computed) -> bytes:
     if computed.blob is None:
         raise exceptions.ValueTooLargeError(
-            f"the result of {key.callee} is too large for a cache entry and cannot be "
-            "synchronized"
+            f"the result of {key.callee} is too large for a cache entry and cannot be synchronized"
         )
     return computed.blob
 

@@ -171,24 +171,29 @@ class CacheInterface:
         :class:`CustomParamsEncoderRequiredError` for parameters that have no
         canonical key (pass ``custom_params_encoder``).
         """
-        runtime = self._runtime()
+        runtime = self._runtime_ or self._runtime()
         if not runtime.settings.enabled:
             return None
         index = fk = ik = None
         if ischema is None and custom_params_encoder is None:
-            keyer = self._default_keyer()
+            keyer = self._default_keyer_ or self._default_keyer()
             fingerprint = keyer.fingerprint() if keyer.varies else None
-            isolation = keyer.key(fingerprint)  # one reading of the settings per call
-            index = self._fast.shared(fn)
+            index = self._fast.by_fn.get(id(fn))
+            if index is None or index.fn() is not fn:  # type: ignore[misc]
+                index = self._fast.shared(fn)
             args, kwargs = params
             fk = fast_key(args if type(args) is tuple else tuple(args), kwargs)
             if fk is not None:
                 ik = fk if fingerprint is None else (fingerprint, fk)
                 entry = index.entries.get(ik)
-                if entry is not None:
+                if entry is not None:  # inlined: this is the hot path of get
                     entry.used = True
-                    self._count(entry.callee, "memo")
-                    return Hit(_decoded(entry, custom_result_decoder))
+                    self._stats.callee(entry.callee).memo_hits += 1
+                    if _hooks:
+                        emit(Event("hit", self.space, entry.callee, "memo"))
+                    value, decode = entry.value, custom_result_decoder
+                    return Hit(value if decode is None else decode(value))
+            isolation = keyer.key(fingerprint)  # one reading of the settings per call
         else:
             isolation = context.isolation_key(ischema)
         callee = _callee(fn, custom_params_encoder)

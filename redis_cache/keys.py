@@ -300,10 +300,7 @@ def entry_digest(callee: str, isolation_key: str, params: object) -> str:
         if type(callee) is not str or type(isolation_key) is not str:
             _raise_for((callee, isolation_key, params))
         state = hashlib.sha256(
-            _DIGEST_PREFIX
-            + _head(_TUPLE, 3)
-            + _enc_str(callee, 1)
-            + _enc_str(isolation_key, 1)
+            _DIGEST_PREFIX + _head(_TUPLE, 3) + _enc_str(callee, 1) + _enc_str(isolation_key, 1)
         )
         if len(_prefix_states) < _PREFIX_CACHE_SIZE:
             _prefix_states[(callee, isolation_key)] = state

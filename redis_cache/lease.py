@@ -87,6 +87,7 @@ fence numbers restart at 1.
 """
 _BLOCK_MIN = 0.001  # Redis rounds blocking timeouts to ms, and 0 means "forever"
 
+
 @dataclass(frozen=True)
 class EntryKeys:
     """The five keys of one entry, built by the caller around one hash tag."""

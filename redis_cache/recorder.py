@@ -57,16 +57,18 @@ class FastIndexes:
 
     def __init__(self) -> None:
         self._all: weakref.WeakSet[FastIndex] = weakref.WeakSet()
-        self._by_fn: dict[int, FastIndex] = {}  # by id(fn); a weakref drops dead ones
+        # By id(fn), only indexes whose ``fn`` is a weakref (dropping dead ones): the
+        # hot path of ``get`` reads it directly, checking ``index.fn() is fn``.
+        self.by_fn: dict[int, FastIndex] = {}
 
     def shared(self, fn: Callable[..., Any]) -> FastIndex:
         """The index of ``fn``'s calls without schema or params encoder."""
-        index = self._by_fn.get(id(fn))
+        index = self.by_fn.get(id(fn))
         if index is not None and index.fn is not None and index.fn() is fn:
             return index
         index = self.private(fn)
         if index.fn is not None:
-            by_fn, ident = self._by_fn, id(fn)
+            by_fn, ident = self.by_fn, id(fn)
             index.fn = weakref.ref(fn, lambda _: by_fn.pop(ident, None))
             by_fn[ident] = index
         return index

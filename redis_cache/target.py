@@ -151,13 +151,17 @@ def _parse_url(url: str) -> tuple[str, urllib.parse.SplitResult, dict[str, Any]]
         raise bad("ssl_check_hostname of true/false/yes/no/1/0 (Invalid value for it)")
     username = query["username"][-1] if "username" in query else parts.username
     password = query["password"][-1] if "password" in query else parts.password
-    return scheme, parts, {
-        "tls": scheme == "rediss",
-        "db": int(db or 0),
-        "username": urllib.parse.unquote(username) if username else None,
-        "password": urllib.parse.unquote(password) if password else None,
-        "check_hostname": check_hostname,
-    }
+    return (
+        scheme,
+        parts,
+        {
+            "tls": scheme == "rediss",
+            "db": int(db or 0),
+            "username": urllib.parse.unquote(username) if username else None,
+            "password": urllib.parse.unquote(password) if password else None,
+            "check_hostname": check_hostname,
+        },
+    )
 
 
 def _tls_files(s: Settings) -> tuple[str | None, str | None, str | None]:

@@ -208,8 +208,7 @@ class _PlainGuarded(_Guarded):
         if "connecting to" in str(exc) or not _speaks_tls(self.host, self.port, self._probe):
             return None
         return (
-            f"{self.host}:{self.port} speaks TLS and REDIS_CACHE_URL does not: "
-            "use a rediss:// URL"
+            f"{self.host}:{self.port} speaks TLS and REDIS_CACHE_URL does not: use a rediss:// URL"
         )
 
     @property
@@ -307,5 +306,3 @@ class _Deadlined(AbstractConnection):
 def classes(settings: Settings) -> Callable[[type], type]:
     parser = parser_for(limits(settings))
     return lambda base: connection_class(base, parser)
-
-

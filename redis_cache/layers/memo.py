@@ -127,4 +127,3 @@ class MemoLayer(Layer[MemoEntry]):
     def after_fork_in_child(self) -> None:
         """The lock may have been held by a thread that does not exist in the child."""
         self._lock = threading.Lock()
-

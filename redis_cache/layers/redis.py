@@ -35,6 +35,7 @@ PREFETCH_CHUNK = 1000  # keys per MGET: bounds one reply while keeping round tri
 MAX_BLOCK = 2.0  # longest blocking wait for a lock (capped at half the socket timeout)
 FORMAT_VERSION = "v2"  # v2: the interface (space) is part of every key name
 
+
 def _mget_halving(mget: Any, names: list[str]) -> list[Any]:
     """MGET, halving a chunk whose reply exceeds the reply limit (big values), down to
     the one key that does."""
