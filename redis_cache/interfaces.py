@@ -334,7 +334,7 @@ class CacheInterface:
             # Each interface has a key space of its own: dcache must never adopt an
             # fcache entry (raced, possibly carrying a TTL that lets Redis evict it).
             space = f"{self.space}/{isolation}"
-            digest = _entry_digest(callee.name, space, callee.payload(payload))
+            digest = _digest(callee.name, space, callee.payload(payload))
         except exceptions.KeyEncodingError as exc:
             raise exceptions.CustomParamsEncoderRequiredError(fn, str(exc)) from exc
         return EntryKey(callee.name, digest, self.space)
@@ -497,9 +497,15 @@ def _callee(fn: Callable[..., Any], params_encoder: Callable[..., Any] | None) -
 
 
 def _entry_digest(callee: str, space: str, payload: object) -> str:
+    """keys.entry_digest, imported on the first call (then called directly)."""
+    global _digest
     from . import keys  # noqa: PLC0415
 
-    return keys.entry_digest(callee, space, payload)
+    _digest = keys.entry_digest
+    return _digest(callee, space, payload)
+
+
+_digest: Callable[[str, str, object], str] = _entry_digest
 
 
 def _decoded(entry: MemoEntry, decode: Encoder | None) -> Any:
