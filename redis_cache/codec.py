@@ -27,8 +27,8 @@ Why these rules:
   is refused at write time (:class:`UnsupportedValueError`).
 * With a secret, every entry is signed and unsigned ones are refused, so nobody
   without the secret can plant a result. Entries this process cannot verify
-  (signed with another secret, signed while we have none, unsigned while we
-  have one, or zstd-compressed without ``zstandard`` installed) raise
+  (signed with another secret, signed while we have none, or unsigned while we
+  have one) raise
   :class:`UnverifiedEntryError`: another fleet may read them, so callers treat
   them as misses and never delete them. A tag mismatch on a *signed* entry is
   also :class:`UnverifiedEntryError`, since a different secret and tampering
