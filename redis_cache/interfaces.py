@@ -352,18 +352,25 @@ class CacheInterface:
             except exceptions.ValueDecodingError as exc:  # not an entry at all (disk)
                 self._bad_entry(runtime, layer, key, b"", exc)
                 continue
-            if blob is None:
-                continue
-            value = self._decode(runtime, layer, key, blob)
-            if value is _BAD:
-                continue
-            self._count(key.callee, layer.name)
-            if policy.backfill:
-                for upper in policy.reads[:index]:
-                    runtime.backfill(upper, key, blob)
-            return runtime.remember(key, value, len(blob))
+            entry = None if blob is None else self._found(runtime, index, key, blob)
+            if entry is not None:
+                return entry
         self._missed(runtime, key)
         return None
+
+    def _found(self, runtime: Runtime, index: int, key: EntryKey, blob: bytes) -> MemoEntry | None:
+        """``blob``, read from the ``index``-th read layer: decoded, counted, backfilled
+        into the layers above and memoized; ``None`` when it is not a usable entry."""
+        policy = runtime.policy
+        layer = policy.reads[index]
+        value = self._decode(runtime, layer, key, blob)
+        if value is _BAD:
+            return None
+        self._count(key.callee, layer.name)
+        if policy.backfill:
+            for upper in policy.reads[:index]:
+                runtime.backfill(upper, key, blob)
+        return runtime.remember(key, value, len(blob))
 
     def _lookup_many(
         self, runtime: Runtime, entry_keys: Sequence[EntryKey]
@@ -372,24 +379,15 @@ class CacheInterface:
         for key, entry in zip(entry_keys, found, strict=True):
             if entry is not None:
                 self._count(key.callee, "memo")
-        policy = runtime.policy
-        for index, layer in enumerate(policy.reads):
+        runtime.touch()
+        for index, layer in enumerate(runtime.policy.reads):
             wanted = [i for i, e in enumerate(found) if e is None]
             if not wanted:
                 break
             blobs = layer.get_many([entry_keys[i] for i in wanted])
             for i, blob in zip(wanted, blobs, strict=True):
-                if blob is None:
-                    continue
-                key = entry_keys[i]
-                value = self._decode(runtime, layer, key, blob)
-                if value is _BAD:
-                    continue
-                self._count(key.callee, layer.name)
-                if policy.backfill:
-                    for upper in policy.reads[:index]:
-                        runtime.backfill(upper, key, blob)
-                found[i] = runtime.remember(key, value, len(blob))
+                if blob is not None:
+                    found[i] = self._found(runtime, index, entry_keys[i], blob)
         for i, entry in enumerate(found):
             if entry is None:
                 self._missed(runtime, entry_keys[i])

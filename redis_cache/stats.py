@@ -15,7 +15,27 @@ from typing import Any
 PER_CALLEE = ("memo_hits", "disk_hits", "remote_hits", "misses", "computations", "compute_seconds")
 
 
-class CalleeStats:
+class _HitRatio:
+    """``hits`` and ``hit_ratio`` of anything with the per-layer hit and miss counters."""
+
+    __slots__ = ()
+    memo_hits: int
+    disk_hits: int
+    remote_hits: int
+    misses: int
+
+    @property
+    def hits(self) -> int:
+        return self.memo_hits + self.disk_hits + self.remote_hits
+
+    @property
+    def hit_ratio(self) -> float | None:
+        """Hits over lookups (``None`` before the first)."""
+        lookups = self.hits + self.misses
+        return self.hits / lookups if lookups else None
+
+
+class CalleeStats(_HitRatio):
     """One function's hits, misses and computations."""
 
     __slots__ = PER_CALLEE
@@ -27,16 +47,6 @@ class CalleeStats:
         self.misses = 0
         self.computations = 0
         self.compute_seconds = 0.0
-
-    @property
-    def hits(self) -> int:
-        return self.memo_hits + self.disk_hits + self.remote_hits
-
-    @property
-    def hit_ratio(self) -> float | None:
-        """Hits over lookups (``None`` before the first)."""
-        lookups = self.hits + self.misses
-        return self.hits / lookups if lookups else None
 
     @property
     def seconds_saved(self) -> float:
@@ -60,7 +70,7 @@ class CalleeStats:
 
 
 @dataclass
-class CacheStats:
+class CacheStats(_HitRatio):
     """A snapshot of an interface's counters since process start (or the last reset)."""
 
     memo_hits: int = 0
@@ -84,16 +94,6 @@ class CacheStats:
     takeovers: int = 0
     fencing_rejections: int = 0
     callees: dict[str, CalleeStats] = field(default_factory=dict, repr=False, compare=False)
-
-    @property
-    def hits(self) -> int:
-        return self.memo_hits + self.disk_hits + self.remote_hits
-
-    @property
-    def hit_ratio(self) -> float | None:
-        """Hits over lookups (``None`` before the first)."""
-        lookups = self.hits + self.misses
-        return self.hits / lookups if lookups else None
 
     @property
     def seconds_saved(self) -> float:
