@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from . import config, context, exceptions, locks
+from . import context, exceptions
 from .context import IsolationSchema, SelectedCompileContext, SelectedRuntimeContext
+from .envvars import deterministic_at_import
 from .exceptions import (
     CacheError,
     CorruptEntryError,
@@ -56,17 +57,24 @@ logging.getLogger("redis_cache").addHandler(logging.NullHandler())
 
 fcache: FastCache = FastCache()
 dcache: DeterministicCache = DeterministicCache()
-icache: CacheInterface = dcache if config.deterministic_at_import() else fcache
+icache: CacheInterface = dcache if deterministic_at_import() else fcache
 
 if TYPE_CHECKING:
-    from . import encoders
+    from . import config, encoders, locks
     from .memoizer import Memoizer, PersistentMemoizer
 
-_LAZY = {"Memoizer": "memoizer", "PersistentMemoizer": "memoizer", "encoders": None}
+_LAZY = {
+    "Memoizer": "memoizer",
+    "PersistentMemoizer": "memoizer",
+    "encoders": None,
+    "config": None,
+    "locks": None,
+}
 
 
 def __getattr__(name: str) -> Any:
-    """torch 2.13's memoizer API, imported on first use: most workers never touch it."""
+    """Modules and names most workers never touch, imported on first use (torch 2.13's
+    memoizer API; settings are parsed on a cache's first call, not at import)."""
     if name not in _LAZY:
         raise AttributeError(f"module 'redis_cache' has no attribute {name!r}")
     import importlib  # noqa: PLC0415

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import exceptions
+from .envvars import deterministic_at_import
 from .target import Target, parse_target, redact_url
 
 __all__ = [
@@ -405,12 +406,6 @@ def _check_deterministic_combinations(s: Settings) -> None:
             "1",
             "0, or 1 only together with REDIS_CACHE_STRICT=cached under global determinism",
         )
-
-
-def deterministic_at_import(env: Mapping[str, str] | None = None) -> bool:
-    """The one choice made at import (``icache``); a bad value leaves ``icache`` as ``fcache``."""
-    env = os.environ if env is None else env
-    return env.get("REDIS_CACHE_DETERMINISTIC", "0").strip() == "1"
 
 
 _current: Settings | None = None

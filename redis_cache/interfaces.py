@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from . import context, exceptions, forksafe, recorder
@@ -31,7 +30,9 @@ from .hooks import active as _hooks
 from .layers.base import EntryKey, Layer, Outcome, Space
 from .stats import CacheStats, StatsRecorder
 
-if TYPE_CHECKING:  # imported on first use: `import redis_cache` stays cheap (~10 ms)
+if TYPE_CHECKING:  # imported on first use: `import redis_cache` stays cheap
+    from pathlib import Path
+
     from . import callees, config
     from .flight import Landed
     from .layers.memo import MemoEntry
@@ -542,4 +543,6 @@ class DeterministicCache(CacheInterface):
         Equal values for one key merge; different values raise
         :class:`DeterministicCachingIMCDumpConflictError` and write nothing.
         """
+        from pathlib import Path  # noqa: PLC0415
+
         return self._runtime().dump(Path(path))

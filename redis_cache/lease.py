@@ -357,7 +357,8 @@ class Renewer:
                     target=self._run, name="redis_cache-lease-renew", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            if self._heap[0] is due:  # else the thread already wakes up earlier than needed
+                self._cond.notify()
 
     def remove(self, hold: Hold) -> None:
         """Stop renewing ``hold`` (lazily dropped from the heap)."""

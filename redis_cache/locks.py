@@ -12,12 +12,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import exceptions
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import filelock
 
 BLOCKING = -1.0

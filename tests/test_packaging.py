@@ -105,3 +105,34 @@ def test_the_sdist_installs_into_a_fresh_venv_and_its_tests_run(tmp_path: Path) 
     out = run(*pytest_args, "-m", "not slow", *SUBSET, "--deselect", deselect, cwd=unpacked,
               env=env)  # fmt: skip
     assert re.search(r"\d+ passed", out) and "failed" not in out, out[-2000:]
+
+
+def test_import_loads_nothing_a_worker_may_never_use() -> None:
+    """Every worker imports the package; settings, clients and codecs come on first use."""
+    heavy = [
+        "redis",
+        "tenacity",
+        "filelock",
+        "msgpack",
+        "zstandard",
+        "xxhash",
+        "platformdirs",
+        "importlib.metadata",
+        "redis_cache.config",
+        "redis_cache.runtime",
+        "redis_cache.codec",
+        "redis_cache.keys",
+        "redis_cache.locks",
+        "redis_cache.connection",
+    ]  # not pathlib or urllib: an editable install's import hook loads them itself
+    probe = (
+        "import sys, redis_cache; "
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules)); "
+        "print(type(redis_cache.icache).__name__, redis_cache.config.load().namespace)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_CACHE_")}
+    env["REDIS_CACHE_NAMESPACE"] = "probe"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env
+    ).stdout.splitlines()
+    assert out == ["", "FastCache probe"]
