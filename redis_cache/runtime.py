@@ -37,6 +37,10 @@ logger = logging.getLogger("redis_cache")
 BACKFILL_FLUSH_SECONDS = 5.0
 # Backfills are written once the process has made no cache call for this long.
 IDLE_SECONDS = 0.005
+# Blobs waiting for an idle moment are held in memory: torch entries run to tens of
+# MiB, so a burst of remote hits must not queue more than this (the rest stay remote).
+BACKFILL_QUEUE_BYTES = 64 * 1024 * 1024
+BACKFILL_QUEUE_ENTRIES = 10_000
 UNBOUNDED = 1 << 62
 
 
@@ -218,19 +222,21 @@ class Backfiller:
     It writes only while the process has made no cache call for ``IDLE_SECONDS``:
     writing a file holds the GIL for ~40 µs, and a burst of remote hits (a worker
     loading its entries) would pay it on every next call. A compile worker is idle
-    between calls; the queue is written then, or at ``close()`` and exit.
+    between calls; the queue is written then, or at ``close()`` and exit. Each entry
+    is queued once, and the queue is bounded in entries and bytes: what does not fit
+    stays in the upper layer, to be copied on a later hit.
     """
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[tuple[Layer[bytes], EntryKey, bytes] | None] = queue.Queue(
-            maxsize=10_000
-        )
+        self._queue: queue.Queue[tuple[Layer[bytes], EntryKey, bytes] | None] = queue.Queue()
+        self._pending: set[tuple[int, EntryKey]] = set()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closed = False
         self._pid = os.getpid()
         self.active = 0.0  # monotonic time of the last cache call (see touch)
         self._draining = False
+        self._queued_bytes = 0
 
     def touch(self) -> None:
         """A cache call is running: hold the writes back until the process idles."""
@@ -247,24 +253,50 @@ class Backfiller:
                     )
                     self._thread.start()
                     _LIVE.add(self)
-        try:
-            self._queue.put_nowait((layer, key, blob))
-        except queue.Full:
-            logger.debug("backfill queue full; %s stays in the upper layer only", key.digest)
+        job = (id(layer), key)
+        with self._lock:
+            if job in self._pending:  # a repeated hit before the first copy was written
+                return
+            if (
+                self._queued_bytes + len(blob) > BACKFILL_QUEUE_BYTES
+                or len(self._pending) >= BACKFILL_QUEUE_ENTRIES
+            ):
+                logger.debug("backfill queue full; %s stays in the upper layer only", key.digest)
+                return
+            self._queued_bytes += len(blob)
+            self._pending.add(job)
+        self._queue.put_nowait((layer, key, blob))  # bounded by the two checks above
+
+    def _done(self, layer: Layer[bytes], key: EntryKey, size: int) -> None:
+        with self._lock:
+            self._queued_bytes -= size
+            self._pending.discard((id(layer), key))
 
     def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            try:
-                if item is None:
-                    return
-                self._wait_for_idle()
-                layer, key, blob = item
-                layer.insert(key, blob)  # fail-open layers never raise a storage error
-            except Exception:
-                logger.debug("backfill of an entry failed", exc_info=True)
-            finally:
-                self._queue.task_done()
+        while self._write_next():
+            pass
+
+    def _write_next(self) -> bool:
+        """Write one queued entry; False on the stop sentinel. The item is dropped
+        before it is marked done, so no blob outlives its write in this frame."""
+        item = self._queue.get()
+        try:
+            if item is None:
+                return False
+            self._write(*item)
+            return True
+        finally:
+            del item
+            self._queue.task_done()
+
+    def _write(self, layer: Layer[bytes], key: EntryKey, blob: bytes) -> None:
+        try:
+            self._wait_for_idle()
+            layer.insert(key, blob)  # fail-open layers never raise a storage error
+        except Exception:
+            logger.debug("backfill of an entry failed", exc_info=True)
+        finally:
+            self._done(layer, key, len(blob))
 
     def _wait_for_idle(self) -> None:
         while not self._draining:
