@@ -147,9 +147,10 @@ def fresh_rows(opts: Options) -> list[Row]:
         writer.close()
         plain = root / "plain.msgpack"
         plain.write_bytes(msgpack.packb(value))
-        env = clean_env(REDIS_CACHE_DIR=str(root / "cache"), PYTHONDONTWRITEBYTECODE="1")
+        env = clean_env(REDIS_CACHE_DIR=str(root / "cache"))
         ours = _OURS.replace("__LABEL__", repr(label)).replace("__SIZE__", str(size))
         theirs = _PLAIN.replace("__PATH__", repr(str(plain))).replace("__SIZE__", str(size))
+        in_child("import redis_cache; print(0)", env=env)  # bytecode written, as pip would
         pair = compare_each(
             (
                 "fresh process: import msgpack + open+read+unpackb",

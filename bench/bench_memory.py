@@ -181,7 +181,7 @@ def rss_rows(bench: Bench, opts: Options) -> list[Row]:
         def child(code: str, **names: Any) -> float:
             for placeholder, text in names.items():
                 code = code.replace(f"__{placeholder}__", text)
-            return in_child(code, env=clean_env(PYTHONDONTWRITEBYTECODE="1")) / 1e6
+            return in_child(code, env=clean_env()) / 1e6
 
         def ours(
             forget: bool, params: Any = params, kind: str = kind, machines: Any = machines
@@ -267,7 +267,7 @@ print(faults / len(names))
 def fault_rows(bench: Bench, opts: Options) -> list[Row]:
     reader = bench.cache("faults")
     settings = reader._runtime().settings
-    env = clean_env(PYTHONDONTWRITEBYTECODE="1")
+    env = clean_env()
     rows = []
     number = opts.n(16, 6)
     for label, size in (("1MiB", 1 << 20), ("4MiB", 4 << 20)):

@@ -489,8 +489,17 @@ def in_child(code: str, *, env: dict[str, str] | None = None, cwd: Path = ROOT) 
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without any ``REDIS_CACHE_*`` variable, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_CACHE_")}
+    """This environment without any ``REDIS_CACHE_*`` variable, plus ``extra``.
+
+    ``PYTHONDONTWRITEBYTECODE`` goes too: with it, a fresh interpreter compiles every
+    module of the package from source on each import (19 ms of a 49 ms import here),
+    which no installed worker does (pip writes the bytecode at install time).
+    """
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("REDIS_CACHE_") and k != "PYTHONDONTWRITEBYTECODE"
+    }
     env.update(extra)
     return env
 
