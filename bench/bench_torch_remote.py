@@ -274,7 +274,17 @@ def kept_memory(url: str, entries: list[tuple[str, bytes]], rounds: int) -> dict
             for key, _data in entries:
                 backend.get(f"mem:{key}")
         gc.collect()
-        out[name] = (tracemalloc.get_traced_memory()[0] - before) / 2**20
+        label = "redis_cache, right after (disk copies queued)" if name == "redis_cache" else name
+        out[label] = (tracemalloc.get_traced_memory()[0] - before) / 2**20
+        if name == "redis_cache":
+            # Disk copies wait in the (bounded) backfill queue for an idle moment;
+            # once written, what stays is what the process keeps for good.
+            from redis_cache import runtime  # noqa: PLC0415
+
+            runtime._flush_at_exit()
+            gc.collect()
+            kept = (tracemalloc.get_traced_memory()[0] - before) / 2**20
+            out["redis_cache, once its disk copies are written"] = kept
         tracemalloc.stop()
         if name == "redis_cache":
             backend.store.close()
