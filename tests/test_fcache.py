@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import struct
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,28 @@ def test_memo_fast_path_keeps_types_apart(cache: FastCache) -> None:
     assert kind("1") == "str"
     assert kind(b"1") == "bytes"
     assert [kind(1), kind(True), kind(1.0)] == ["int", "bool", "float"]
+
+
+def test_nan_arguments_share_one_entry_on_every_path(cache: FastCache) -> None:
+    # The canonical key encodes every NaN alike; the fast index keys floats by their
+    # bits. A NaN call must reach the one NaN entry either way, and nothing else.
+    calls: list[Any] = []
+
+    @cache.record()
+    def describe(x: Any) -> str:
+        calls.append(x)
+        return repr(x)
+
+    payload_nan = struct.unpack(">d", b"\x7f\xf0\x00\x00\x00\x00\x00\x01")[0]
+    assert describe(math.nan) == "nan"
+    assert describe(math.nan) == "nan"  # fast index
+    assert describe(-math.nan) == "nan"  # other bits: canonical path, same entry
+    assert describe(payload_nan) == "nan"
+    assert describe((math.nan, 1.0)) == "(nan, 1.0)"
+    assert describe((payload_nan, 1.0)) == "(nan, 1.0)"
+    assert describe(math.inf) == "inf"
+    assert describe((math.inf, 1.0)) == "(inf, 1.0)"
+    assert len(calls) == 4
 
 
 def test_negative_zero_is_its_own_key(cache: FastCache) -> None:
