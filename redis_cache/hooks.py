@@ -20,16 +20,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 logger = logging.getLogger("redis_cache")
 
 Kind = Literal["hit", "miss", "compute", "error"]
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
+    """What happened, to which function, where. A named tuple: immutable, built in C,
+    and ``import redis_cache`` does not pay for :mod:`dataclasses` (and ``inspect``)."""
+
     kind: Kind
     interface: str  # "fcache" or "dcache"
     callee: str

@@ -9,7 +9,6 @@ only (a memo hit pays for one increment) and summed when a snapshot is taken.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 PER_CALLEE = ("memo_hits", "disk_hits", "remote_hits", "misses", "computations", "compute_seconds")
@@ -69,31 +68,79 @@ class CalleeStats(_HitRatio):
         return f"CalleeStats({shown})"
 
 
-@dataclass
-class CacheStats(_HitRatio):
-    """A snapshot of an interface's counters since process start (or the last reset)."""
+TOTALS = (
+    "memo_hits",
+    "disk_hits",
+    "remote_hits",
+    "misses",
+    "inserts",
+    "insert_conflicts",
+    "computations",
+    "compute_seconds",
+    "corrupt_entries",
+    "unverified_entries",
+    "oversize_values",
+    "remote_errors",
+    "remote_refusals",
+    "disk_errors",
+    "remote_skipped",
+    "lock_acquisitions",
+    "lock_waits",
+    "lock_wait_seconds",
+    "takeovers",
+    "fencing_rejections",
+)
 
-    memo_hits: int = 0
-    disk_hits: int = 0
-    remote_hits: int = 0
-    misses: int = 0
-    inserts: int = 0
-    insert_conflicts: int = 0
-    computations: int = 0
-    compute_seconds: float = 0.0
-    corrupt_entries: int = 0
-    unverified_entries: int = 0
-    oversize_values: int = 0
-    remote_errors: int = 0
-    remote_refusals: int = 0
-    disk_errors: int = 0
-    remote_skipped: int = 0
-    lock_acquisitions: int = 0
-    lock_waits: int = 0
-    lock_wait_seconds: float = 0.0
-    takeovers: int = 0
-    fencing_rejections: int = 0
-    callees: dict[str, CalleeStats] = field(default_factory=dict, repr=False, compare=False)
+
+class CacheStats(_HitRatio):
+    """A snapshot of an interface's counters since process start (or the last reset).
+
+    Every counter in :data:`TOTALS` is an attribute, keyword-constructible, compared
+    by value; ``callees`` holds each function's counters. A plain class, not a
+    dataclass, so that ``import redis_cache`` does not load :mod:`dataclasses`.
+    """
+
+    __slots__ = (*TOTALS, "callees")
+    memo_hits: int
+    disk_hits: int
+    remote_hits: int
+    misses: int
+    inserts: int
+    insert_conflicts: int
+    computations: int
+    compute_seconds: float
+    corrupt_entries: int
+    unverified_entries: int
+    oversize_values: int
+    remote_errors: int
+    remote_refusals: int
+    disk_errors: int
+    remote_skipped: int
+    lock_acquisitions: int
+    lock_waits: int
+    lock_wait_seconds: float
+    takeovers: int
+    fencing_rejections: int
+    callees: dict[str, CalleeStats]
+
+    def __init__(self, *, callees: dict[str, CalleeStats] | None = None, **counters: float) -> None:
+        unknown = counters.keys() - set(TOTALS)
+        if unknown:
+            raise TypeError(f"CacheStats has no counter {sorted(unknown)[0]!r}")
+        for name in TOTALS:
+            setattr(self, name, counters.get(name, 0.0 if name.endswith("seconds") else 0))
+        self.callees = {} if callees is None else callees
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CacheStats):
+            return NotImplemented
+        return self.as_dict() == other.as_dict()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it was
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items())
+        return f"CacheStats({shown})"
 
     @property
     def seconds_saved(self) -> float:
@@ -102,14 +149,13 @@ class CacheStats(_HitRatio):
 
     def as_dict(self) -> dict[str, float]:
         """The totals, without the per-callee view."""
-        return {name: value for name, value in asdict(self).items() if name != "callees"}
+        return {name: getattr(self, name) for name in TOTALS}
 
     def snapshot(self) -> CacheStats:
-        totals: dict[str, Any] = self.as_dict()
-        return CacheStats(**totals, callees={k: v.copy() for k, v in self.callees.items()})
+        return CacheStats(**self.as_dict(), callees={k: v.copy() for k, v in self.callees.items()})
 
 
-_TOTALS = tuple(f.name for f in fields(CacheStats) if f.name not in (*PER_CALLEE, "callees"))
+_TOTALS = tuple(name for name in TOTALS if name not in PER_CALLEE)
 
 
 class StatsRecorder:
