@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
+import pickle
 import struct
 from fractions import Fraction
 from pathlib import Path
@@ -463,3 +465,23 @@ def test_item15_a_result_too_large_for_any_envelope_is_kept_in_the_memo(
     assert cache.stats().oversize_values == 2
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # nothing half-written on disk
     cache.close()
+
+
+def _hit_in_a_worker(value: Any) -> redis_cache.Hit[Any]:
+    return redis_cache.Hit(value)
+
+
+def test_hit_is_an_immutable_value_that_crosses_processes() -> None:
+    hit = redis_cache.Hit((1, "a"))
+    assert hit == redis_cache.Hit((1, "a")) and hit != redis_cache.Hit((1, "b"))
+    assert hit != (1, "a") and hash(hit) == hash(redis_cache.Hit((1, "a")))
+    nan = redis_cache.Hit(math.nan)
+    assert nan == nan  # the same value object, as a dataclass compared it
+    with pytest.raises(AttributeError):
+        hit.value = 2  # type: ignore[misc]
+    match hit:
+        case redis_cache.Hit(value):
+            assert value == (1, "a")
+    assert pickle.loads(pickle.dumps(hit)) == hit
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        assert pool.apply(_hit_in_a_worker, (b"kernel",)) == redis_cache.Hit(b"kernel")
